@@ -1,0 +1,52 @@
+"""The entrypoint: read settings, dispatch on the command, map errors to exit codes.
+
+python -m trainjob                 # one training job (env: TRAINJOB_*, flags on top)
+python -m trainjob --help
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+
+from .cli import load_settings, print_help, split_command, wants_help
+from .errors import ConfigError, ExitCode, TrainjobError
+
+
+def dispatch(command: list[str], rest: list[str]) -> int:
+    if command == ["train"]:
+        from .job import run
+
+        return run(load_settings(rest))
+    if command == ["agent"]:
+        from .sweep import agent
+
+        return agent(load_settings(rest))
+    if command[:1] == ["sweep"] and len(command) >= 2 and command[1] in ("create", "run"):
+        from . import sweep
+
+        action = sweep.create if command[1] == "create" else sweep.run_local
+        return action(command[2] if len(command) > 2 else "sweep.yaml", rest)
+    raise ConfigError(
+        f"unknown command {' '.join(command)!r}; use train, agent, sweep create or sweep run"
+    )
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    if wants_help(args):
+        print_help()
+        return int(ExitCode.OK)
+    command, rest = split_command(args)
+    try:
+        return dispatch(command, rest)
+    except TrainjobError as exc:
+        print(f"trainjob: error: {exc}", file=sys.stderr, flush=True)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C while checkpointing
+        print("trainjob: interrupted", file=sys.stderr)
+        return int(ExitCode.PREEMPTED)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

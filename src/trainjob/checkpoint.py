@@ -1,0 +1,213 @@
+"""Checkpoints and preemption: save / restore / signals.
+
+A pod on a spot node gets SIGTERM, a grace period (30 s by default) and then SIGKILL. The
+handler only sets a flag; the loop polls it after each step (signals are handled in the main
+thread, never mid-``optimizer.step``), writes a checkpoint and raises ``Preempted`` (exit 143).
+Files are written atomically (temp file, fsync, rename, fsync of the folder) and carry a
+SHA-256 of their payload, so a truncated or bit-flipped newest file is detected and the previous
+one is used instead of crash-looping.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import random
+import re
+import signal
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .errors import Preempted, StorageError
+from .train import Hooks, Progress
+
+MAGIC = b"TRAINJOB-CKPT-1\n"
+KEEP = 2
+_NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
+HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def _fsync_dir(directory: Path) -> None:
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def write_atomic(path: Path, payload: bytes) -> None:
+    """Write ``path`` so that it is either the old file or the complete new one, never half.
+
+    On ENOSPC the temp file is removed and the previous checkpoint survives untouched.
+    """
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(payload)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        _fsync_dir(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise StorageError(
+            f"could not write {path}: {exc.strerror or exc}; the previous file is kept"
+        ) from None
+
+
+def encode(state: dict[str, Any]) -> bytes:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    body = buffer.getvalue()
+    return MAGIC + hashlib.sha256(body).digest() + body
+
+
+def decode(blob: bytes) -> dict[str, Any]:
+    if not blob.startswith(MAGIC) or len(blob) < len(MAGIC) + 32:
+        raise ValueError("not a trainjob checkpoint (bad header)")
+    digest, body = blob[len(MAGIC) : len(MAGIC) + 32], blob[len(MAGIC) + 32 :]
+    if hashlib.sha256(body).digest() != digest:
+        raise ValueError("checksum mismatch (truncated or corrupt)")
+    return torch.load(io.BytesIO(body), map_location="cpu", weights_only=True)
+
+
+def checkpoints(directory: Path) -> list[Path]:
+    """Checkpoint files in ``directory``, newest first."""
+    if not directory.is_dir():
+        return []
+    found = [p for p in directory.iterdir() if _NAME.match(p.name)]
+    return sorted(found, key=lambda p: p.name, reverse=True)
+
+
+def load_latest(directory: Path) -> dict[str, Any] | None:
+    """The newest readable checkpoint; damaged ones are skipped with a warning."""
+    for path in checkpoints(directory):
+        try:
+            state = decode(path.read_bytes())
+        except (OSError, ValueError, RuntimeError, EOFError) as exc:
+            print(f"trainjob: warning: skipping damaged checkpoint {path}: {exc}", file=sys.stderr)
+            continue
+        state["path"] = str(path)
+        return state
+    return None
+
+
+def rng_state() -> dict[str, Any]:
+    state: dict[str, Any] = {"torch": torch.get_rng_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def restore_rng(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    random.setstate(_as_python_state(state["python"]))
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def _as_python_state(value: Any) -> Any:
+    # weights_only loading turns the tuple state of ``random`` into lists; it wants tuples back.
+    return tuple(_as_python_state(v) for v in value) if isinstance(value, list) else value
+
+
+class Checkpointer(Hooks):
+    """The loop's hooks: periodic, epoch-end and on-signal checkpoints."""
+
+    def __init__(
+        self,
+        directory: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        every_steps: int = 0,
+        every_s: float = 0.0,
+        meta: dict[str, Any] | None = None,
+    ) -> None:
+        self.directory = directory
+        self.model = model
+        self.optimizer = optimizer
+        self.every_steps = every_steps
+        self.every_s = every_s
+        self.meta = dict(meta or {})
+        self.signal: int | None = None
+        self._last_save = time.monotonic()
+        self._previous_handlers: dict[int, Any] = {}
+
+    # --- signals -----------------------------------------------------------------------------
+    def install(self) -> None:
+        for sig in HANDLED_SIGNALS:
+            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
+
+    def uninstall(self) -> None:
+        for sig, handler in self._previous_handlers.items():
+            signal.signal(sig, handler)
+        self._previous_handlers.clear()
+
+    def _on_signal(self, signum: int, _frame: object) -> None:
+        # Only set a flag: the loop finishes its current step and checkpoints from there.
+        if self.signal is None:
+            self.signal = signum
+            print(
+                f"trainjob: got {signal.Signals(signum).name}; checkpointing after this step",
+                file=sys.stderr,
+                flush=True,
+            )
+
+    # --- hooks ---------------------------------------------------------------------------------
+    def after_step(self, progress: Progress) -> None:
+        if self.signal is not None:
+            self.save(progress)
+            raise Preempted(self._preempted_message(progress))
+        due_steps = self.every_steps and progress.step % self.every_steps == 0
+        due_time = self.every_s and time.monotonic() - self._last_save >= self.every_s
+        if due_steps or due_time:
+            self.save(progress)
+
+    def after_epoch(self, progress: Progress) -> None:
+        self.save(progress)
+        if self.signal is not None:
+            raise Preempted(self._preempted_message(progress))
+
+    def during_eval(self, progress: Progress) -> None:
+        # Training is over and its final state is already saved (after_epoch): just stop; a
+        # resumed job re-runs the evaluation from that checkpoint.
+        if self.signal is not None:
+            raise Preempted(self._preempted_message(progress))
+
+    def _preempted_message(self, progress: Progress) -> str:
+        name = signal.Signals(self.signal).name if self.signal else "signal"
+        return (
+            f"{name}: stopped at step {progress.step} (epoch {progress.epoch}); checkpoint in "
+            f"{self.directory}; rerun the same command to resume"
+        )
+
+    # --- save / restore ------------------------------------------------------------------------
+    def save(self, progress: Progress) -> Path:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        model = getattr(self.model, "_orig_mod", self.model)
+        state = {
+            "version": 1,
+            "progress": progress.state_dict(),
+            "model": model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "rng": rng_state(),
+            **self.meta,
+        }
+        path = self.directory / f"ckpt-{progress.step:012d}.pt"
+        write_atomic(path, encode(state))
+        for old in checkpoints(self.directory)[KEEP:]:
+            old.unlink(missing_ok=True)
+        self._last_save = time.monotonic()
+        return path
+
+    def restore(self, state: dict[str, Any]) -> Progress:
+        model = getattr(self.model, "_orig_mod", self.model)
+        model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        restore_rng(state["rng"])
+        return Progress(**state["progress"])

@@ -1,0 +1,46 @@
+"""Exit codes and the exceptions that carry them.
+
+Exit codes are part of the interface: the Kubernetes Jobs' ``podFailurePolicy`` and the sweep
+agent both read them, so they live here, once, and the README's table is checked against this
+module by a test.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+
+
+class ExitCode(IntEnum):
+    OK = 0  # the job finished; the W&B run is complete
+    CRASHED = 1  # an unexpected error (a bug): traceback printed, worth a retry
+    BAD_CONFIG = 2  # invalid setting, flag, sweep file or W&B credentials: retrying cannot help
+    DATA = 3  # dataset missing, truncated, corrupt or not downloadable: fix the data, then rerun
+    DIVERGED = 4  # the loss became NaN/inf: the hyperparameters are bad, the run is marked failed
+    STORAGE = 5  # an output, W&B or checkpoint dir is unwritable, or the disk is full
+    PREEMPTED = 143  # SIGTERM/SIGINT/SIGUSR1: checkpoint written, rerun to resume (128 + 15)
+
+
+class TrainjobError(Exception):
+    """An expected failure: printed as one line, mapped to an exit code, never a traceback."""
+
+    exit_code: ExitCode = ExitCode.CRASHED
+
+
+class ConfigError(TrainjobError):
+    exit_code = ExitCode.BAD_CONFIG
+
+
+class DataError(TrainjobError):
+    exit_code = ExitCode.DATA
+
+
+class DivergedError(TrainjobError):
+    exit_code = ExitCode.DIVERGED
+
+
+class StorageError(TrainjobError):
+    exit_code = ExitCode.STORAGE
+
+
+class Preempted(TrainjobError):
+    exit_code = ExitCode.PREEMPTED

@@ -1,0 +1,182 @@
+"""The training loop: pure PyTorch, no W&B import; the tracker and hooks are passed in.
+
+One flat loop in a fixed order (nanoGPT's ``train.py``): forward -> loss -> backward -> step ->
+``zero_grad(set_to_none=True)`` -> log at intervals. The only host/device sync points are named
+in comments and happen once per ``log_every`` batches and once per evaluation.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import asdict, dataclass
+from typing import Protocol
+
+import torch
+from torch import nn
+
+from .data import Split, to_float
+from .errors import DivergedError
+
+EVAL_BATCH = 1000  # evaluation batch: large (no grads), and fixed so accuracy is reproducible
+
+
+class Tracker(Protocol):
+    def log(self, metrics: Mapping[str, float | int], step: int) -> None: ...
+
+
+class Hooks:
+    """Called by the loop between steps; the checkpointing/preemption logic overrides these.
+
+    ``after_step`` may raise (e.g. ``Preempted``) once it has saved what it needs.
+    """
+
+    def after_step(self, progress: Progress) -> None:
+        return None
+
+    def after_epoch(self, progress: Progress) -> None:
+        return None
+
+    def during_eval(self, progress: Progress) -> None:
+        return None
+
+
+@dataclass
+class Progress:
+    """Where training stands; everything a resume needs besides model/optimizer/RNG state."""
+
+    epoch: int = 0  # the epoch in progress (== epochs once training is done)
+    batch: int = 0  # batches finished within ``epoch``
+    step: int = 0  # optimizer steps in total
+    examples_seen: int = 0  # the W&B step, as in the tutorial
+
+    def state_dict(self) -> dict[str, int]:
+        return asdict(self)
+
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int
+    batch_size: int
+    log_every: int
+    seed: int
+    channels_last: bool = True
+    bf16: bool = False
+    progress_bar: bool = True
+
+
+def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
+    """The epoch's shuffle, a pure function of (seed, epoch): a resumed job replays it exactly
+    without restoring any generator state, and it is drawn on the device (no host copy)."""
+    generator = torch.Generator(device=device)
+    generator.manual_seed(seed * 1_000_003 + epoch)
+    return torch.randperm(n, generator=generator, device=device)
+
+
+def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[object]:
+    if bf16 and device.type == "cuda":
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+def _prepare(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
+    x = to_float(images)  # uint8 -> float on the device, per batch
+    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+def train(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    data: Split,
+    cfg: LoopConfig,
+    tracker: Tracker,
+    progress: Progress,
+    hooks: Hooks | None = None,
+    bar: Callable[..., object] | None = None,
+) -> Progress:
+    """Train from ``progress`` to the end of ``cfg.epochs``; returns the final progress."""
+    hooks = hooks or Hooks()
+    device = data.images.device
+    n = len(data)
+    batches = math.ceil(n / cfg.batch_size)
+    model.train()
+    last_log_time, last_log_examples = time.perf_counter(), progress.examples_seen
+    while progress.epoch < cfg.epochs:
+        epoch = progress.epoch
+        order = epoch_order(n, cfg.seed, epoch, device)
+        pbar = _bar(bar, cfg, epoch, batches, progress.batch)
+        for b in range(progress.batch, batches):
+            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            x, y = _prepare(data.images[idx], cfg.channels_last), data.labels[idx]
+            with _autocast(device, cfg.bf16):
+                loss = criterion(model(x), y)
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+            progress.batch, progress.step = b + 1, progress.step + 1
+            progress.examples_seen += int(idx.shape[0])
+            if progress.step % cfg.log_every == 0:
+                value = loss.item()  # SYNC POINT: the only one in the loop, every log_every steps
+                if not math.isfinite(value):
+                    raise DivergedError(
+                        f"loss became {value} at step {progress.step} (epoch {epoch}); lower "
+                        "TRAINJOB_LEARNING_RATE or check the data"
+                    )
+                now = time.perf_counter()
+                rate = (progress.examples_seen - last_log_examples) / max(now - last_log_time, 1e-9)
+                last_log_time, last_log_examples = now, progress.examples_seen
+                tracker.log(
+                    {"epoch": epoch, "loss": value, "perf/samples_per_s": rate},
+                    step=progress.examples_seen,
+                )
+                if pbar is not None:
+                    pbar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
+            if pbar is not None:
+                pbar.update(1)
+            hooks.after_step(progress)
+        if pbar is not None:
+            pbar.close()
+        progress.epoch, progress.batch = epoch + 1, 0
+        hooks.after_epoch(progress)
+    return progress
+
+
+@torch.no_grad()
+def evaluate(
+    model: nn.Module,
+    data: Split,
+    channels_last: bool = True,
+    bf16: bool = False,
+    hooks: Hooks | None = None,
+    progress: Progress | None = None,
+) -> float:
+    """Accuracy on ``data``, counted on the device; one host sync at the end."""
+    was_training = model.training
+    model.eval()
+    correct = torch.zeros((), dtype=torch.int64, device=data.images.device)
+    for start in range(0, len(data), EVAL_BATCH):
+        x = _prepare(data.images[start : start + EVAL_BATCH], channels_last)
+        with _autocast(data.images.device, bf16):
+            logits = model(x)
+        correct += (logits.argmax(dim=1) == data.labels[start : start + EVAL_BATCH]).sum()
+        if hooks is not None and progress is not None:
+            hooks.during_eval(progress)
+    model.train(was_training)
+    return correct.item() / len(data)  # SYNC POINT: once per evaluation
+
+
+def _bar(factory: Callable[..., object] | None, cfg: LoopConfig, epoch: int, total: int, done: int):
+    if factory is None or not cfg.progress_bar:
+        return None
+    return factory(
+        total=total,
+        initial=done,
+        desc=f"epoch {epoch + 1}/{cfg.epochs}",
+        unit="batch",
+        leave=True,
+        dynamic_ncols=True,
+        mininterval=0.5,
+    )

@@ -1,0 +1,39 @@
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+from helpers import write_tiny_mnist
+
+MNIST_ENV = "TRAINJOB_TEST_MNIST_DIR"  # set by .ci/run and the Makefile to ../shared/data/mnist
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A flat folder of gzipped IDX files, 512 train / 256 test synthetic images."""
+    return write_tiny_mnist(tmp_path_factory.mktemp("tiny-mnist"))
+
+
+@pytest.fixture
+def tiny_data_copy(tiny_data: Path, tmp_path: Path) -> Path:
+    """A private copy (tests that damage or unpack the files get their own)."""
+    import shutil
+
+    target = tmp_path / "data"
+    target.mkdir()
+    for gz in tiny_data.glob("*.gz"):  # not the MNIST/raw/ that other tests unpacked
+        shutil.copyfile(gz, target / gz.name)
+    return target
+
+
+@pytest.fixture(scope="session")
+def real_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The real MNIST .gz files, linked into a private folder (unpacking writes beside them)."""
+    source = os.environ.get(MNIST_ENV)
+    if not source or not Path(source).is_dir():
+        pytest.skip(f"{MNIST_ENV} is not set to the real MNIST folder (.ci/run sets it)")
+    target = tmp_path_factory.mktemp("real-mnist")
+    for gz in Path(source).glob("*-ubyte.gz"):
+        (target / gz.name).symlink_to(gz.resolve())
+    return target

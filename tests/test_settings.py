@@ -1,0 +1,161 @@
+"""Settings: precedence, parsing of sweep-style flags, --help, and the bad-input matrix."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from helpers import SRC, clean_env
+
+from trainjob.cli import load_settings, split_command
+from trainjob.errors import ConfigError
+from trainjob.settings import Settings
+
+
+@pytest.fixture(autouse=True)
+def _no_env(monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    for key in list(os.environ):
+        if key.startswith(("TRAINJOB_", "WANDB_")):
+            monkeypatch.delenv(key)
+
+
+def test_defaults_are_the_tutorials() -> None:
+    s = load_settings([])
+    assert (s.epochs, s.batch_size, s.learning_rate, s.kernels, s.classes) == (
+        5,
+        128,
+        0.005,
+        [16, 32],
+        10,
+    )
+    assert (s.dataset, s.architecture, s.data_slice) == ("MNIST", "CNN", 5)
+    assert (s.watch_log, s.watch_freq, s.log_every) == ("all", 10, 25)
+    assert s.resolved_project == "pytorch-demo"
+    assert s.checkpoint_dir == Path("outputs") / "checkpoints"
+
+
+def test_precedence_defaults_env_cli(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINJOB_EPOCHS", "3")
+    monkeypatch.setenv("TRAINJOB_LEARNING_RATE", "0.02")
+    s = load_settings(["--learning_rate=0.01"])
+    assert s.epochs == 3  # env beats default
+    assert s.learning_rate == 0.01  # CLI beats env
+    assert s.batch_size == 128  # default
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["--kernels=[8, 16]"],  # what a W&B sweep agent passes for a list value
+        ["--kernels", "[8,16]"],
+        ["--kernels=8,16"],
+    ],
+)
+def test_kernels_forms(argv: list[str]) -> None:
+    assert load_settings(argv).kernels == [8, 16]
+
+
+def test_env_list_and_bool_forms(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("TRAINJOB_KERNELS", "4, 8")
+    monkeypatch.setenv("TRAINJOB_CHANNELS_LAST", "false")
+    s = load_settings(["--compile=True"])  # the agent's spelling of a bool
+    assert s.kernels == [4, 8] and s.channels_last is False and s.compile is True
+
+
+def test_wandb_project_env_is_honoured(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("WANDB_PROJECT", "from-wandb")
+    assert load_settings([]).resolved_project == "from-wandb"
+    assert load_settings(["--project", "mine"]).resolved_project == "mine"
+
+
+def test_run_config_has_no_paths_or_runtime_fields() -> None:
+    config = load_settings(["--run_id", "job-1"]).run_config()
+    assert "data_dir" not in config and "run_id" not in config and "output_dir" not in config
+    assert config["kernels"] == [16, 32] and config["project"] == "pytorch-demo"
+
+
+def test_split_command(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert split_command(["--epochs", "1"]) == (["train"], ["--epochs", "1"])
+    assert split_command(["sweep", "run", "s.yaml", "--worker", "0/2"]) == (
+        ["sweep", "run", "s.yaml"],
+        ["--worker", "0/2"],
+    )
+    monkeypatch.setenv("TRAINJOB_SWEEP_ID", "abc")
+    assert split_command([]) == (["agent"], [])
+    assert split_command(["train"]) == (["train"], [])
+
+
+def test_load_settings_raises_config_error() -> None:
+    with pytest.raises(ConfigError, match=r"--epochs=0 is invalid"):
+        load_settings(["--epochs=0"])
+
+
+def _cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    environ = clean_env(tmp_path)
+    environ.update(env)
+    environ["PYTHONPATH"] = str(SRC)
+    return subprocess.run(
+        [sys.executable, "-m", "trainjob", *args],
+        env=environ,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+# (env, argv, text the one-line message must contain): each must exit 2, no traceback.
+BAD_INPUT = [
+    ({"TRAINJOB_EPOCHS": "0"}, [], "TRAINJOB_EPOCHS='0'"),
+    ({"TRAINJOB_EPOCHS": "three"}, [], "TRAINJOB_EPOCHS='three'"),
+    ({}, ["--epochs=-1"], "--epochs=-1"),
+    ({}, ["--batch_size=0"], "--batch_size=0"),
+    ({"TRAINJOB_LEARNING_RATE": "nan"}, [], "TRAINJOB_LEARNING_RATE"),
+    ({}, ["--learning_rate=-0.1"], "--learning_rate=-0.1"),
+    ({"TRAINJOB_DATASET": "CIFAR10"}, [], "'MNIST', 'FashionMNIST' or 'KMNIST'"),
+    ({}, ["--kernels=[16, 32, 64]"], "list of 2 integers"),
+    ({"TRAINJOB_KERNELS": "[16, 32"}, [], "TRAINJOB_KERNELS"),
+    ({}, ["--kernels=sixteen"], "--kernels=sixteen"),
+    ({}, ["--kernels=[0, 32]"], "list of 2 integers"),
+    ({}, ["--classes=5"], "--classes=5"),
+    ({}, ["--device=tpu"], "auto, cpu, cuda or cuda:N"),
+    ({}, ["--watch_log=everything"], "'gradients', 'parameters', 'all' or 'none'"),
+    ({}, ["--data_slice=0"], "--data_slice=0"),
+    ({}, ["--epoch=3"], "did you mean --epochs"),
+    ({}, ["--log_every"], "expected one argument"),
+    ({}, ["stray"], "unrecognized arguments: stray"),
+    ({"TRAINJOB_EPOCS": "3"}, [], "did you mean TRAINJOB_EPOCHS"),
+    ({}, ["--architecture=ResNet"], "'CNN'"),
+    ({}, ["--run_id=has space"], "--run_id=has space"),
+    ({}, ["--compile=maybe"], "--compile=maybe"),
+    ({"TRAINJOB_AMP": "fp8"}, [], "'none' or 'bf16'"),
+    ({"WANDB_MODE": "sometimes"}, ["--epochs=1"], "WANDB_MODE='sometimes'"),
+]
+
+
+@pytest.mark.parametrize(("env", "argv", "expected"), BAD_INPUT)
+def test_bad_input_exits_2_with_one_line(
+    env: dict[str, str], argv: list[str], expected: str, tmp_path: Path, tiny_data: Path
+) -> None:
+    result = _cli(argv, tmp_path, TRAINJOB_DATA_DIR=str(tiny_data), **env)
+    assert result.returncode == 2, result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+    errors = [line for line in result.stderr.splitlines() if line.startswith("trainjob: error:")]
+    assert len(errors) == 1, result.stderr
+    assert expected in errors[0]
+
+
+def test_help_documents_every_field(tmp_path: Path) -> None:
+    result = _cli(["--help"], tmp_path)
+    assert result.returncode == 0
+    for name, field in Settings.model_fields.items():
+        line = next(
+            (ln for ln in result.stdout.splitlines() if ln.strip().startswith(f"--{name} ")), ""
+        )
+        assert f"TRAINJOB_{name.upper()}" in line, name
+        assert field.description and field.description in line, name
+        assert "(default:" in line, name
