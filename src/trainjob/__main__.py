@@ -10,6 +10,7 @@ import sys
 from collections.abc import Sequence
 
 from .cli import load_settings, print_help, split_command, wants_help
+from .env_dirs import create_env_dirs
 from .errors import ConfigError, ExitCode, TrainjobError
 
 
@@ -39,6 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.OK)
     command, rest = split_command(args)
     try:
+        create_env_dirs()  # before anything reads TMPDIR (an empty volume has none of them)
         return dispatch(command, rest)
     except TrainjobError as exc:
         print(f"trainjob: error: {exc}", file=sys.stderr, flush=True)

@@ -1,0 +1,34 @@
+"""Create the folders that the environment names (TMPDIR, WANDB_*) before anything uses them.
+
+In the container everything writable lives on one volume (``/workspace``) that may be mounted
+empty (a new named volume, a bind mount, a Kubernetes emptyDir) under a read-only root. A
+missing ``$TMPDIR`` is not an error for Python, which silently falls back to another folder
+(the current one, at best), but it is for native code that trusts the variable (Go's
+``os.TempDir`` in wandb-core, ``mkstemp`` in C libraries). So the entrypoint creates them.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Mapping
+from pathlib import Path
+
+from .errors import StorageError
+
+ENV_DIRS = ("TMPDIR", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
+
+
+def create_env_dirs(environ: Mapping[str, str] = os.environ) -> None:
+    """``mkdir -p`` each folder named by ENV_DIRS that is set; StorageError (exit 5) if one
+    cannot be created."""
+    for name in ENV_DIRS:
+        value = environ.get(name)
+        if not value:
+            continue
+        try:
+            Path(value).mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise StorageError(
+                f"{name}={value} cannot be created ({exc.strerror or exc}); point it at a "
+                "writable folder (in the container: under the /workspace volume)"
+            ) from None
