@@ -7,7 +7,7 @@ PY := $(VENV)/bin/python
 MNIST_SRC ?= $(firstword $(wildcard ../shared/data/mnist))
 export TRAINJOB_TEST_MNIST_DIR ?= $(if $(MNIST_SRC),$(abspath $(MNIST_SRC)))
 
-.PHONY: run test lint format bench clean venv
+.PHONY: run test lint format bench clean venv lock image
 
 venv: $(VENV)/.installed
 
@@ -40,6 +40,16 @@ format: venv
 
 bench: venv data/.seeded
 	$(PY) bench/cpu.py
+
+# The image's dependencies: every runtime package pinned with hashes, for the image's Python
+# (3.12, Ubuntu 24.04's) on x86_64 Linux. Keeps existing pins; add --upgrade to move them.
+lock: venv
+	$(VENV)/bin/uv pip compile pyproject.toml --python-version 3.12 \
+	  --python-platform x86_64-manylinux_2_39 --generate-hashes --quiet -o requirements.lock
+
+IMAGE ?= ghcr.io/trainjob/trainjob:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+image:
+	docker build -t $(IMAGE) --build-arg REVISION=$(shell git rev-parse --short HEAD) .
 
 clean:
 	rm -rf outputs wandb .pytest_cache
