@@ -91,5 +91,5 @@ def test_development_tools_stay_out_of_the_image() -> None:
     ]
     runtime = {canonicalize_name(Requirement(s).name) for s in PYPROJECT["project"]["dependencies"]}
     leaked = [name for name in dev if name in locked and name not in runtime]
-    # A dev tool may still arrive as some runtime package's dependency; none does today.
+    # (packaging, which this file imports, is a runtime dependency of wandb and torch.)
     assert not leaked, f"dev-only tools in the image lock: {leaked}"
