@@ -42,6 +42,7 @@ RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
 # ---- runtime: python, tini and the venv; no compilers, no pip cache, no sources --------------
 FROM ${BASE_IMAGE} AS runtime
 
+ARG BASE_IMAGE
 ARG VERSION=0.1.0
 ARG REVISION=unknown
 LABEL org.opencontainers.image.title="trainjob" \
@@ -50,13 +51,14 @@ LABEL org.opencontainers.image.title="trainjob" \
       org.opencontainers.image.revision="${REVISION}" \
       org.opencontainers.image.source="https://github.com/trainjob/trainjob" \
       org.opencontainers.image.licenses="MIT" \
-      org.opencontainers.image.base.name="docker.io/nvidia/cuda:13.0.2-base-ubuntu24.04"
+      org.opencontainers.image.base.name="docker.io/${BASE_IMAGE}"
 
 # tini as PID 1: the kernel drops SIGTERM for a PID 1 that has no handler, and trainjob installs
 # its checkpointing handler only while it trains. Under tini, python is not PID 1: SIGTERM before
 # or after training terminates it at once (exit 143), during training it checkpoints (exit 143),
-# and tini reaps the processes wandb and the sweep agent leave behind. tini forwards the signal
-# to python only (no -g): wandb-core must stay alive while python flushes the run.
+# and tini reaps the processes wandb and the sweep agent leave behind. tini signals python only
+# (no -g): wandb-core runs in its own session and must outlive python's final flush, and W&B's
+# agent forwards signals to the trials it starts itself.
 # The user has a fixed UID/GID (10001) so Kubernetes can check runAsNonRoot against a numeric
 # USER and volumes can be chowned ahead of time. ca-certificates: wandb-core's TLS roots.
 # DL3008: see the builder stage.
