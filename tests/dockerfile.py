@@ -7,7 +7,6 @@ ENV pairs with ``$VAR`` expansion, JSON exec forms); not a general parser.
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 from dataclasses import dataclass, field
@@ -122,7 +121,3 @@ def exec_form(inst: Instruction | None) -> list[str] | None:
     except json.JSONDecodeError:
         return None
     return value if isinstance(value, list) and all(isinstance(v, str) for v in value) else None
-
-
-def base_path() -> str:
-    return os.environ.get("PATH", "/usr/local/bin:/usr/bin:/bin")
