@@ -19,6 +19,7 @@ import re
 import shutil
 import subprocess
 import sys
+import tempfile
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -42,6 +43,8 @@ GPU = "nvidia.com/gpu"
 IMAGE_ENTRYPOINT = ("python", "-m", "trainjob")
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 IN_CI = bool(os.environ.get("CI"))
+SWEEP_CONFIGMAP = ("trainjob-sweep", "TRAINJOB_SWEEP_ID")  # created by the user, per sweep
+SWEEP_CODE = (SRC / "trainjob" / "sweep.py").exists()  # issue 3
 
 # What each exit code does to a Job, decided once (README "Kubernetes" explains it). A new
 # ExitCode member fails test_pod_failure_policy_matches_exit_codes until it is decided here.
@@ -462,8 +465,19 @@ def test_sweep_agents_are_a_work_queue_spread_over_nodes(
     labels = job["spec"]["template"]["metadata"]["labels"]
     assert spread["labelSelector"]["matchLabels"].items() <= labels.items()
     assert spread["matchLabelKeys"] == ["batch.kubernetes.io/controller-uid"]
-    config = configmap(docs, containers(job)[0]["envFrom"][0]["configMapRef"]["name"])
-    assert config["TRAINJOB_SWEEP_ID"]
+    # The sweep id comes from a ConfigMap the user creates (as `trainjob sweep create` prints):
+    # required, and never rendered here, so `kubectl apply -k` cannot overwrite it.
+    env = {e["name"]: e for e in containers(job)[0]["env"]}
+    ref = env["TRAINJOB_SWEEP_ID"]["valueFrom"]["configMapKeyRef"]
+    assert (ref["name"], ref["key"]) == SWEEP_CONFIGMAP and not ref.get("optional")
+    assert SWEEP_CONFIGMAP[0] not in {d["metadata"]["name"] for d in docs}
+    if SWEEP_CODE:
+        from trainjob.sweep import agent_commands
+
+        printed = "\n".join(agent_commands("entity/project/abc123"))
+        assert f"configmap {ref['name']} " in printed, printed
+        assert f"--from-literal={ref['key']}=entity/project/abc123" in printed, printed
+        assert "kubectl apply -k k8s/overlays/sweep-agents" in printed, printed
 
 
 def test_offline_sweep_is_an_indexed_job_over_a_grid(
@@ -472,14 +486,12 @@ def test_offline_sweep_is_an_indexed_job_over_a_grid(
     docs = rendered["offline-sweep"]
     job = main_job(docs)
     spec = job["spec"]
-    workers = int(
-        next(e["value"] for e in containers(job)[0]["env"] if e["name"] == "WORKER_COUNT")
-    )
+    env = {e["name"]: e.get("value") for e in containers(job)[0]["env"]}
+    workers = int(env["JOB_COMPLETIONS"])  # N for `trainjob sweep run` (issue 3)
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == workers
-    args = containers(job)[0]["args"]
-    assert args[:3] == ["sweep", "run", "/etc/trainjob/sweep.yaml"]
-    assert args[3:] == ["--worker", "$(WORKER_INDEX)/$(WORKER_COUNT)"]
+    # i comes from JOB_COMPLETION_INDEX, which the Job controller sets in every pod.
+    assert containers(job)[0]["args"] == ["sweep", "run", "/etc/trainjob/sweep.yaml"]
     sweep = offline_sweep_config(docs)
     from sweeps.config.cfg import schema_violations_from_proposed_config
 
@@ -610,10 +622,11 @@ def pod_env(
     job: dict[str, Any],
     container: dict[str, Any],
     pod: Pod,
-    secrets: dict[tuple[str, str], str] | None = None,
+    cluster: dict[tuple[str, str], str] | None = None,
     missing: list[str] | None = None,
 ) -> dict[str, str]:
-    """The container's environment as the kubelet builds it: envFrom, then env in order."""
+    """The container's environment as the kubelet builds it: envFrom, then env in order.
+    ``cluster`` holds keys of Secrets and ConfigMaps the user creates, by (name, key)."""
     env: dict[str, str] = {}
     for source in container.get("envFrom", []):
         env.update(configmap(docs, source["configMapRef"]["name"]))
@@ -633,9 +646,15 @@ def pod_env(
             ref = source["resourceFieldRef"]
             limit = quantity(container["resources"]["limits"][ref["resource"].split(".")[1]])
             env[name] = str(math.ceil(limit / quantity(ref.get("divisor", "1"))))
-        elif "secretKeyRef" in source:
-            ref = source["secretKeyRef"]
-            value = (secrets or {}).get((ref["name"], ref["key"]))
+        elif "secretKeyRef" in source or "configMapKeyRef" in source:
+            ref = source.get("secretKeyRef") or source["configMapKeyRef"]
+            rendered = [
+                d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == ref["name"]
+            ]
+            if "configMapKeyRef" in source and rendered:
+                value = rendered[0]["data"].get(ref["key"])
+            else:
+                value = (cluster or {}).get((ref["name"], ref["key"]))
             if value is not None:
                 env[name] = value
             elif not ref.get("optional") and missing is not None:
@@ -676,6 +695,7 @@ def local_pod(
     tmp: Path,
     index: int = 0,
     overrides: dict[str, str] | None = None,
+    cluster: dict[tuple[str, str], str] | None = None,
 ) -> LocalPod:
     """The pod's container as a local process: volumes become folders under ``tmp`` (a PVC by
     its claim name, so two Jobs on one claim share it), paths in env and args are mapped."""
@@ -688,7 +708,7 @@ def local_pod(
         if "persistentVolumeClaim" in vol:
             folder = tmp / "pvc" / vol["persistentVolumeClaim"]["claimName"]
         else:
-            folder = tmp / pod.name / m["name"]
+            folder = tmp / f"pod{index}" / m["name"]
         if "configMap" in vol:
             folder.mkdir(parents=True, exist_ok=True)
             for key, text in configmap(docs, vol["configMap"]["name"]).items():
@@ -696,7 +716,7 @@ def local_pod(
         mounts[m["mountPath"]] = folder / m.get("subPath", "")
         mounts[m["mountPath"]].mkdir(parents=True, exist_ok=True)
     missing: list[str] = []
-    env = pod_env(docs, job, container, pod, missing=missing)
+    env = pod_env(docs, job, container, pod, cluster=cluster, missing=missing)
     args = [expand(a, env) for a in container.get("args", [])]
     command = [expand(a, env) for a in container.get("command", IMAGE_ENTRYPOINT)]
     local = LocalPod([], {}, mounts, missing)
@@ -722,6 +742,16 @@ def local_pod(
     return local
 
 
+@pytest.fixture
+def pod_root() -> Iterator[Path]:
+    """A short folder for the pods' volumes: in a pod TMPDIR is /workspace/tmp, and sockets
+    under it (multiprocessing's forkserver) must fit AF_UNIX's 108 bytes; pytest's tmp_path
+    is too long for that."""
+    root = Path(tempfile.mkdtemp(prefix="tj-", dir="/tmp"))
+    yield root
+    shutil.rmtree(root, ignore_errors=True)
+
+
 def put_tiny_data(local: LocalPod, tiny_data: Path) -> None:
     target = Path(local.env["TRAINJOB_DATA_DIR"])
     target.mkdir(parents=True, exist_ok=True)
@@ -737,14 +767,14 @@ def one_error_line(stderr: str) -> str:
 
 
 def test_train_pod_runs_here_and_its_run_id_is_the_job_name(
-    rendered: dict[str, list[dict[str, Any]]], tiny_data: Path, tmp_path: Path
+    rendered: dict[str, list[dict[str, Any]]], tiny_data: Path, pod_root: Path
 ) -> None:
     docs = rendered["train"]
     job = main_job(docs)
-    pod = local_pod(docs, job, tmp_path, overrides={**TINY, "WANDB_MODE": "offline"})
+    pod = local_pod(docs, job, pod_root, overrides={**TINY, "WANDB_MODE": "offline"})
     assert pod.missing_secrets == [f"{SECRET}/{SECRET_KEY}"]  # online in a cluster
     put_tiny_data(pod, tiny_data)
-    out = pod.run(tmp_path)
+    out = pod.run(pod_root)
     assert out.returncode == 0, out.stderr[-3000:]
     name = job["metadata"]["name"]
     assert pod.env["TRAINJOB_RUN_ID"] == name
@@ -762,26 +792,26 @@ def test_train_pod_runs_here_and_its_run_id_is_the_job_name(
 
 
 def test_offline_pod_then_sync_pod_find_the_run(
-    rendered: dict[str, list[dict[str, Any]]], tiny_data: Path, tmp_path: Path
+    rendered: dict[str, list[dict[str, Any]]], tiny_data: Path, pod_root: Path
 ) -> None:
     docs = rendered["offline"]
-    train = local_pod(docs, main_job(docs), tmp_path, overrides=TINY)
+    train = local_pod(docs, main_job(docs), pod_root, overrides=TINY)
     assert train.env["WANDB_MODE"] == "offline" and train.missing_secrets == []
     put_tiny_data(train, tiny_data)
-    out = train.run(tmp_path)
+    out = train.run(pod_root)
     assert out.returncode == 0, out.stderr[-3000:]
     (run_dir,) = offline_runs(train.host("/workspace"))
     assert run_dir.name.endswith(f"-{main_job(docs)['metadata']['name']}")
 
     # The sync pod, on the same claim: its exact command with --dry-run (no W&B server here).
-    sync = local_pod(docs, sync_job(docs), tmp_path)
+    sync = local_pod(docs, sync_job(docs), pod_root)
     assert sync.missing_secrets == [f"{SECRET}/{SECRET_KEY}"]  # required: it uploads
     assert sync.host("/workspace") == train.host("/workspace")
     # cwd is not the volume: WANDB_DIR from the ConfigMap is what finds the runs.
     out = subprocess.run(
         [*sync.argv, "--dry-run"],
         env=sync.env,
-        cwd=tmp_path,
+        cwd=pod_root,
         capture_output=True,
         text=True,
         timeout=120,
@@ -792,12 +822,11 @@ def test_offline_pod_then_sync_pod_find_the_run(
     # Without the Secret the real command stops at once, loudly (hence the required key).
     no_server = {**sync.env, "WANDB_BASE_URL": "http://127.0.0.1:9"}
     out = subprocess.run(
-        sync.argv, env=no_server, cwd=tmp_path, capture_output=True, text=True, timeout=120
+        sync.argv, env=no_server, cwd=pod_root, capture_output=True, text=True, timeout=120
     )
     assert out.returncode == 1 and "No API key configured" in out.stderr, out.stderr
 
 
-SWEEP_CODE = (SRC / "trainjob" / "sweep.py").exists()
 NO_SWEEP = "src/trainjob/sweep.py (issue 3) is not in this checkout; tested up to that boundary"
 
 
@@ -825,49 +854,52 @@ def boundary(pod: LocalPod) -> dict[str, Any]:
 
 
 def test_sweep_agent_pod_up_to_the_wandb_server(
-    rendered: dict[str, list[dict[str, Any]]], tmp_path: Path
+    rendered: dict[str, list[dict[str, Any]]], pod_root: Path
 ) -> None:
     docs = rendered["sweep-agents"]
-    pod = local_pod(docs, main_job(docs), tmp_path, overrides=TINY)
-    assert pod.missing_secrets == [f"{SECRET}/{SECRET_KEY}"]  # agents need the server
+    job = main_job(docs)
+    bare = local_pod(docs, job, pod_root / "bare")
+    assert sorted(bare.missing_secrets) == sorted(
+        [f"{SECRET}/{SECRET_KEY}", "/".join(SWEEP_CONFIGMAP)]
+    )  # without them the pod does not start (CreateContainerConfigError), it never trains
+    sweep_id = "entity/project/abc123"
+    pod = local_pod(docs, job, pod_root, overrides=TINY, cluster={SWEEP_CONFIGMAP: sweep_id})
+    assert pod.missing_secrets == [f"{SECRET}/{SECRET_KEY}"]
     seen = boundary(pod)
     assert seen["command"] == ["agent"] and seen["rest"] == []
-    assert (
-        seen["settings"]["sweep_id"]
-        == configmap(docs, containers(main_job(docs))[0]["envFrom"][0]["configMapRef"]["name"])[
-            "TRAINJOB_SWEEP_ID"
-        ]
-    )
+    assert seen["settings"]["sweep_id"] == sweep_id
     if not SWEEP_CODE:
         pytest.skip(NO_SWEEP)
-    # Here, with no key and so no server, the agent must stop at once with one line, exit 2.
-    out = pod.run(tmp_path, timeout=120)
+    # Here, with no key and so no server, the agent stops at once: one line, exit 2.
+    out = pod.run(pod_root, timeout=120)
     assert out.returncode == ExitCode.BAD_CONFIG, out.stderr[-3000:]
-    one_error_line(out.stderr)
+    assert sweep_id in one_error_line(out.stderr)
 
 
 def test_offline_sweep_pod_runs_its_share(
-    rendered: dict[str, list[dict[str, Any]]], tiny_data: Path, tmp_path: Path
+    rendered: dict[str, list[dict[str, Any]]], tiny_data: Path, pod_root: Path
 ) -> None:
     docs = rendered["offline-sweep"]
     job = main_job(docs)
     workers = job["spec"]["completions"]
-    pod = local_pod(docs, job, tmp_path, index=0, overrides=TINY)
+    pod = local_pod(docs, job, pod_root, index=0, overrides=TINY)
+    assert pod.missing_secrets == []  # offline: no Secret needed
     sweep_file = pod.host("/etc/trainjob/sweep.yaml")
     assert yaml.safe_load(sweep_file.read_text()) == offline_sweep_config(docs)
-    assert pod.argv[3:] == ["sweep", "run", str(sweep_file), "--worker", f"0/{workers}"]
-    assert pod.env["TRAINJOB_OUTPUT_DIR"].endswith("/outputs/worker-0")
+    assert pod.argv[3:] == ["sweep", "run", str(sweep_file)]
+    assert (pod.env["JOB_COMPLETION_INDEX"], pod.env["JOB_COMPLETIONS"]) == ("0", str(workers))
     seen = boundary(pod)
-    assert seen["command"] == ["sweep", "run", str(sweep_file)]
-    assert seen["rest"] == ["--worker", f"0/{workers}"]
+    assert seen["command"] == ["sweep", "run", str(sweep_file)] and seen["rest"] == []
     if not SWEEP_CODE:
         pytest.skip(NO_SWEEP)
     put_tiny_data(pod, tiny_data)
-    out = pod.run(tmp_path, timeout=600)
+    out = pod.run(pod_root, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
-    points = grid_points(offline_sweep_config(docs))
+    sweep = offline_sweep_config(docs)
+    points = grid_points(sweep)
     runs = [read_offline_run(p) for p in offline_runs(pod.host("/workspace"))]
-    share = len(points) // workers
+    share = len(points) // workers  # worker 0 of 3 runs points 0 and 3 of 6
     assert share <= len(runs) <= share + 1, [r.path.name for r in runs]
     for run in runs:
         assert {k: run.config[k] for k in points[0]} in points
+        assert run.run_info.get("run_group") == sweep["name"]
