@@ -159,6 +159,10 @@ def test_kubernetes_validate_strict(
     for overlay, docs in rendered.items():
         files.append(tmp_path / f"{overlay}.yaml")
         files[-1].write_text(yaml.safe_dump_all(docs))
+    kubernetes_validate(version, files)
+
+
+def kubernetes_validate(version: str, files: list[Path]) -> None:
     tool = need("kubernetes-validate", shutil.which("kubernetes-validate", path=_venv_bin()))
     out = subprocess.run(
         [tool, "--strict", "--quiet", "-k", f"{version}.0", *map(str, files)],
@@ -480,6 +484,7 @@ def test_sweep_agents_are_a_work_queue_spread_over_nodes(
         assert "kubectl apply -k k8s/overlays/sweep-agents" in printed, printed
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # sweeps 0.2.0
 def test_offline_sweep_is_an_indexed_job_over_a_grid(
     rendered: dict[str, list[dict[str, Any]]],
 ) -> None:
@@ -563,6 +568,9 @@ def test_rwx_checkpoints_component_renders(tmp_path: Path) -> None:
     assert mounts["/workspace/checkpoints"] == "checkpoints"
     vols = {v["name"]: v for v in pod["volumes"]}
     assert vols["checkpoints"]["persistentVolumeClaim"]["claimName"] == pvc["metadata"]["name"]
+    (tmp_path / "rendered.yaml").write_text(yaml.safe_dump_all(docs))
+    for version in (schema_versions()[0], schema_versions()[-1]):
+        kubernetes_validate(version, [tmp_path / "rendered.yaml"])
 
 
 def test_dockerfile_entrypoint_matches_what_the_pods_assume() -> None:
