@@ -7,7 +7,12 @@ PY := $(VENV)/bin/python
 MNIST_SRC ?= $(firstword $(wildcard ../shared/data/mnist))
 export TRAINJOB_TEST_MNIST_DIR ?= $(if $(MNIST_SRC),$(abspath $(MNIST_SRC)))
 
-.PHONY: run test lint format bench clean venv lock image
+# checkov (tests/test_k8s.py) pins packaging<24 and networkx<3, which clash with torch's: it
+# gets a venv of its own (~2.5 min to install, once).
+CHECKOV_VENV ?= .venv-checkov
+export CHECKOV ?= $(abspath $(CHECKOV_VENV))/bin/checkov
+
+.PHONY: run test lint format bench clean venv lock image checkov
 
 venv: $(VENV)/.installed
 
@@ -23,10 +28,17 @@ data/.seeded:
 	if [ -n "$(MNIST_SRC)" ]; then cp -n $(MNIST_SRC)/*-ubyte.gz data/; fi
 	touch $@
 
+checkov: $(CHECKOV_VENV)/.installed
+
+$(CHECKOV_VENV)/.installed:
+	test -x $(CHECKOV_VENV)/bin/python || $(PYTHON) -m venv $(CHECKOV_VENV)
+	$(CHECKOV_VENV)/bin/python -m pip install -q checkov==3.3.30
+	touch $@
+
 run: venv data/.seeded
 	$(VENV)/bin/trainjob
 
-test: venv
+test: venv checkov
 	$(VENV)/bin/ruff check src tests bench
 	$(VENV)/bin/ruff format --check src tests bench
 	$(PY) -m pytest -q
