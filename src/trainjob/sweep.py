@@ -135,11 +135,11 @@ def check_metric(path: Path, config: dict[str, Any], allowed: tuple[str, ...]) -
 
 
 def sweep_engine() -> Any:
-    """W&B's sweep engine (PyPI ``sweeps``); its pydantic-v1 style config warns on import."""
+    """W&B's sweep engine (PyPI ``sweeps``); its pydantic-v1 style models warn on import."""
     import warnings
 
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)
+        warnings.simplefilter("ignore")
         import sweeps
     return sweeps
 

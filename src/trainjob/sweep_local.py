@@ -27,6 +27,7 @@ import os
 import random
 import re
 import time
+import warnings
 import zlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
@@ -157,11 +158,18 @@ def _seed(name: str, index: int) -> None:
     np.random.seed(zlib.crc32(f"{name}:{index}".encode()))
 
 
+def _propose(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call the engine with sklearn's Gaussian-process convergence notes silenced."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return fn(*args, **kwargs)
+
+
 def grid_points(config: dict[str, Any]) -> list[dict[str, Any]]:
     sweeps = sweep_engine()
 
     # The engine stops at the end of the grid; n only bounds absurdly large grids.
-    runs = sweeps.next_runs(config, [], n=config.get("run_cap") or 1_000_000)
+    runs = _propose(sweeps.next_runs, config, [], n=config.get("run_cap") or 1_000_000)
     return [_params(run) for run in runs if run is not None]
 
 
@@ -169,7 +177,7 @@ def random_point(config: dict[str, Any], index: int) -> dict[str, Any]:
     sweeps = sweep_engine()
 
     _seed(config["name"], index)
-    return _params(sweeps.next_run(config, []))
+    return _params(_propose(sweeps.next_run, config, []))
 
 
 def bayes_point(config: dict[str, Any], index: int, done: Sequence[Result]) -> dict[str, Any]:
@@ -180,13 +188,14 @@ def bayes_point(config: dict[str, Any], index: int, done: Sequence[Result]) -> d
         sweeps.SweepRun(
             name=r.point.key,
             config={k: {"value": v} for k, v in r.point.params.items()},
-            summary_metrics={metric: r.metric} if r.metric is not None else {},
+            # The alias: under pydantic 2 sweeps 0.2.0 silently drops summary_metrics=...
+            summaryMetrics={metric: r.metric} if r.metric is not None else {},
             state="finished" if r.exit_code == 0 else "failed",
         )
         for r in done
     ]
     _seed(config["name"], index)
-    return _params(sweeps.next_run(config, runs))
+    return _params(_propose(sweeps.next_run, config, runs))
 
 
 def planned(cap: int | None, opts: Options) -> Iterator[int]:
@@ -382,9 +391,7 @@ def run_local(file: str, rest: list[str]) -> int:
     base.update(flags_as_env(settings, [n for n in names if n in Settings.model_fields]))
     base = {k: v for k, v in base.items() if not k.upper().startswith(ENV_PREFIX + "SWEEP_")}
     sweep = LocalSweep(config, settings, opts, base)
-    runner = TrialRunner()
-    if not opts.dry_run:
-        runner.warm_up()  # the fork server imports torch while the first point is proposed
+    runner = TrialRunner()  # its fork server starts with the first trial that has to run
     signals = SignalForwarder()
     with signals.active():
         return sweep.run(runner, signals)
