@@ -4,6 +4,8 @@ fields and values, the agent's ${args} spelling, worker split and the one-line e
 from __future__ import annotations
 
 import os
+import signal
+import time
 from pathlib import Path
 
 import numpy as np
@@ -31,7 +33,14 @@ from trainjob.sweep_local import (
     planned,
     random_point,
 )
-from trainjob.trials import FailureCounter, exit_status, trial_env
+from trainjob.trials import (
+    FailureCounter,
+    SignalForwarder,
+    Stopped,
+    TrialRunner,
+    exit_status,
+    trial_env,
+)
 
 SWEEP_YAML = ROOT / "sweep.yaml"
 
@@ -336,3 +345,20 @@ def test_trial_env_drops_what_must_not_reach_a_trial() -> None:
         "A": "b",
         "TRAINJOB_GROUP": "g",
     }
+
+
+def test_signal_between_trials() -> None:
+    """Sweep: the flag stops the next trial before it starts. Agent: W&B's agent, waiting for
+    its next trial, is interrupted the way it expects (KeyboardInterrupt)."""
+    signals = SignalForwarder()
+    with signals.active():
+        os.kill(os.getpid(), signal.SIGTERM)
+    assert signals.signal == signal.SIGTERM
+    with pytest.raises(Stopped, match="SIGTERM: sweep stopped"):
+        signals.run(TrialRunner(fork=False), ["train"], {})  # raises before starting anything
+    agent = SignalForwarder(interrupt_when_idle=True)
+    with pytest.raises(KeyboardInterrupt), agent.active():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)  # the handler raises here
+    assert agent.signal == signal.SIGTERM
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored

@@ -10,7 +10,10 @@ tests/test_sweep.py.
 
 from __future__ import annotations
 
+import json
 import os
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -82,3 +85,38 @@ def test_agent_trials_run_in_their_own_process_and_failures_stop_it(
     out = capsys.readouterr().out
     assert "trial good0001: train --kernels=[4, 8] --learning_rate=0.01" in out
     assert "trial bad00003 exited 2" in out
+
+
+def test_wandb_stop_command_ends_the_trial_process(
+    agent_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """W&B's agent stops a run (UI "stop", early termination) by raising in the thread that runs
+    the trial function (pyagent._stop_run -> _terminate_thread). The trial process must then
+    checkpoint and end, not train on as an orphan."""
+    from wandb.agents.pyagent import _terminate_thread
+
+    monkeypatch.setenv("TRAINJOB_EPOCHS", "400")  # long enough to be stopped mid-training
+    monkeypatch.setenv("TRAINJOB_WATCH_LOG", "none")
+    give_trial(agent_env, monkeypatch, "stop0001", {"learning_rate": 0.01})
+    trial = AgentTrial(TrialRunner(), FailureCounter(3), SignalForwarder())
+    raised: list[BaseException] = []
+
+    def run_trial() -> None:
+        try:
+            trial()
+        except Exception as exc:  # what W&B's agent catches
+            raised.append(exc)
+
+    thread = threading.Thread(target=run_trial)
+    thread.start()
+    deadline = time.monotonic() + 240
+    while not offline_runs(agent_env) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    time.sleep(1.0)
+    _terminate_thread(thread)
+    thread.join(timeout=240)
+    assert not thread.is_alive() and len(raised) == 1
+    record = json.loads((agent_env / "outputs" / "run.json").read_text())
+    assert record["exit_code"] == 143  # the trial got SIGTERM and checkpointed
+    # Checkpoints of sweep trials are keyed by the W&B run id (a requeued run resumes).
+    assert list((agent_env / "outputs" / "checkpoints" / "stop0001").glob("ckpt-*.pt"))

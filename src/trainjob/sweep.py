@@ -304,7 +304,7 @@ def agent(settings: Settings) -> int:
     runner = TrialRunner()
     runner.warm_up()
     failures = FailureCounter(settings.max_consecutive_failures)
-    signals = SignalForwarder()
+    signals = SignalForwarder(interrupt_when_idle=True)
     trial = AgentTrial(runner, failures, signals)
     # W&B's agent reads WANDB_SWEEP_ID itself; ours is TRAINJOB_SWEEP_ID (WANDB_SWEEP_ID would
     # also override the run id of every wandb.init in this process).

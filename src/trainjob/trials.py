@@ -57,6 +57,7 @@ PRELOAD = (
     "trainjob.runtime",
 )
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+POLL_S = 0.5
 
 
 def exit_status(code: int | None) -> int:
@@ -115,10 +116,17 @@ class Trial:
                 os.kill(self._proc.pid, signum)
 
     def wait(self) -> int:
-        if isinstance(self._proc, subprocess.Popen):
-            return exit_status(self._proc.wait())
-        self._proc.join()
-        return exit_status(self._proc.exitcode)
+        # Short waits in a loop, not one blocking call: W&B's agent stops a trial (a "stop"
+        # from the UI or from early termination) by raising an exception asynchronously in the
+        # thread that runs it, which Python delivers only between bytecodes.
+        while True:
+            if isinstance(self._proc, subprocess.Popen):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return exit_status(self._proc.wait(timeout=POLL_S))
+            else:
+                self._proc.join(timeout=POLL_S)
+                if self._proc.exitcode is not None:
+                    return exit_status(self._proc.exitcode)
 
 
 class TrialRunner:
@@ -163,17 +171,25 @@ class Stopped(TrainjobError):
 
 class SignalForwarder:
     """While active, SIGTERM/SIGINT/SIGUSR1 sent to the sweep process go to the running trial
-    (which checkpoints and exits 143) and stop the sweep after it. Kubernetes signals only PID 1."""
+    (which checkpoints and exits 143) and stop the sweep after it. Kubernetes signals only PID 1.
 
-    def __init__(self) -> None:
+    ``interrupt_when_idle``: with no trial running, raise KeyboardInterrupt in the main thread,
+    which is how W&B's agent is told to stop waiting for its next trial.
+    """
+
+    def __init__(self, interrupt_when_idle: bool = False) -> None:
         self.signal: int | None = None
         self.trial: Trial | None = None
+        self.interrupt_when_idle = interrupt_when_idle
         self._previous: dict[int, Any] = {}
 
     def _handle(self, signum: int, _frame: object) -> None:
+        first = self.signal is None
         self.signal = signum
         if self.trial is not None:
             self.trial.send(signum)
+        elif first and self.interrupt_when_idle:
+            raise KeyboardInterrupt
 
     @contextlib.contextmanager
     def active(self) -> Iterator[SignalForwarder]:
@@ -190,9 +206,17 @@ class SignalForwarder:
         """Run one trial to its end; raise ``Stopped`` when a signal came before or during it."""
         if self.signal is not None:
             raise Stopped(self._message())
-        self.trial = runner.start(argv, env)
+        trial = self.trial = runner.start(argv, env)
         try:
-            code = self.trial.wait()
+            if self.signal is not None:  # it came while the trial was being started
+                trial.send(self.signal)
+            code = trial.wait()
+        except BaseException:
+            # Stopped from outside (W&B's "stop" raises in this thread): the trial checkpoints
+            # and ends too, instead of training on as an orphan.
+            trial.send(signal.SIGTERM)
+            trial.wait()
+            raise
         finally:
             self.trial = None
         if self.signal is not None:
