@@ -20,6 +20,7 @@ import pytest
 from helpers import clean_env, offline_runs, read_offline_run
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
+from trainjob.cli import load_settings
 from trainjob.sweep import AgentTrial, TooManyFailures
 from trainjob.trials import FailureCounter, SignalForwarder, TrialRunner
 
@@ -58,7 +59,7 @@ def test_agent_trials_run_in_their_own_process_and_failures_stop_it(
     agent_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
 ) -> None:
     signals = SignalForwarder()
-    trial = AgentTrial(TrialRunner(), FailureCounter(2), signals)
+    trial = AgentTrial(load_settings([]), TrialRunner(), FailureCounter(2), signals)
     with signals.active():
         # A value the W&B server proposed but Settings refuses: that trial fails (exit 2) alone.
         give_trial(agent_env, monkeypatch, "bad00001", {"learning_rate": -1.0})
@@ -80,6 +81,8 @@ def test_agent_trials_run_in_their_own_process_and_failures_stop_it(
     assert run.run_info["run_id"] == "good0001"  # the id W&B's agent assigned, not the pod's
     assert run.config["kernels"] == [4, 8] and run.config["learning_rate"] == 0.01
     assert run.exit_code == 0 and run.summary["test_accuracy"] > 0
+    record = json.loads((agent_env / "outputs/sweeps/sw33p/good0001/run.json").read_text())
+    assert record["exit_code"] == 0 and record["run_dir"] == str(run_dir)  # its own folder
     # Exit 2 above is the one-line bad-config path (a traceback exits 1); the trials' own output
     # goes to the fork server's stdout/stderr, which pytest cannot capture per test.
     out = capsys.readouterr().out
@@ -98,7 +101,7 @@ def test_wandb_stop_command_ends_the_trial_process(
     monkeypatch.setenv("TRAINJOB_EPOCHS", "400")  # long enough to be stopped mid-training
     monkeypatch.setenv("TRAINJOB_WATCH_LOG", "none")
     give_trial(agent_env, monkeypatch, "stop0001", {"learning_rate": 0.01})
-    trial = AgentTrial(TrialRunner(), FailureCounter(3), SignalForwarder())
+    trial = AgentTrial(load_settings([]), TrialRunner(), FailureCounter(3), SignalForwarder())
     raised: list[BaseException] = []
 
     def run_trial() -> None:
@@ -116,7 +119,7 @@ def test_wandb_stop_command_ends_the_trial_process(
     _terminate_thread(thread)
     thread.join(timeout=240)
     assert not thread.is_alive() and len(raised) == 1
-    record = json.loads((agent_env / "outputs" / "run.json").read_text())
+    record = json.loads((agent_env / "outputs/sweeps/sw33p/stop0001/run.json").read_text())
     assert record["exit_code"] == 143  # the trial got SIGTERM and checkpointed
     # Checkpoints of sweep trials are keyed by the W&B run id (a requeued run resumes).
     assert list((agent_env / "outputs" / "checkpoints" / "stop0001").glob("ckpt-*.pt"))

@@ -118,8 +118,10 @@ def test_random_sweep_honours_run_cap(sweep_env: Path, capsys: pytest.CaptureFix
             "batch_size": {"values": [32, 64]},
         },
     }
-    assert main(["sweep", "run", str(write(sweep_env / "r.yaml", config))]) == 0
+    path = write(sweep_env / "r.yaml", config)
+    assert main(["sweep", "run", str(path), "--log_every=2"]) == 0  # a setting for every trial
     runs = [read_offline_run(p) for p in offline_runs(sweep_env)]
+    assert all(r.config["log_every"] == 2 for r in runs)
     assert len(runs) == 2  # the distribution never runs out: run_cap stops it
     assert all(r.run_info["run_group"] == "rand" for r in runs)
     assert all(0.001 <= r.config["learning_rate"] <= 0.02 for r in runs)

@@ -261,11 +261,30 @@ class AgentTrial:
     there are too many or when the agent process got SIGTERM.
     """
 
-    def __init__(self, runner: TrialRunner, failures: FailureCounter, signals: SignalForwarder):
+    def __init__(
+        self,
+        settings: Settings,
+        runner: TrialRunner,
+        failures: FailureCounter,
+        signals: SignalForwarder,
+    ) -> None:
+        self.settings = settings
         self.runner = runner
         self.failures = failures
         self.signals = signals
         self.results: list[int] = []
+
+    def env(self) -> dict[str, str]:
+        """The agent's environment for the trial, with the trial's own output folder
+        (``<output_dir>/sweeps/<sweep>/<run>``); its checkpoints go to
+        ``<checkpoint_dir>/<run>`` (job.py keys them by the W&B run id in a sweep)."""
+        sweep = os.environ.get("WANDB_SWEEP_ID") or "sweep"
+        run = os.environ.get("WANDB_RUN_ID") or "run"
+        return trial_env(
+            os.environ,
+            TRAINJOB_OUTPUT_DIR=str(self.settings.output_dir / "sweeps" / sweep / run),
+            TRAINJOB_CHECKPOINT_DIR=str(self.settings.ckpt_dir),
+        )
 
     def argv(self) -> list[str]:
         import yaml
@@ -284,7 +303,7 @@ class AgentTrial:
         argv = self.argv()
         print(f"trainjob agent: trial {os.environ.get('WANDB_RUN_ID')}: {' '.join(argv)}")
         try:
-            code = self.signals.run(self.runner, argv, trial_env(os.environ))
+            code = self.signals.run(self.runner, argv, self.env())
         except Stopped:
             self.results.append(int(ExitCode.PREEMPTED))
             raise
@@ -305,7 +324,7 @@ def agent(settings: Settings) -> int:
     runner.warm_up()
     failures = FailureCounter(settings.max_consecutive_failures)
     signals = SignalForwarder(interrupt_when_idle=True)
-    trial = AgentTrial(runner, failures, signals)
+    trial = AgentTrial(settings, runner, failures, signals)
     # W&B's agent reads WANDB_SWEEP_ID itself; ours is TRAINJOB_SWEEP_ID (WANDB_SWEEP_ID would
     # also override the run id of every wandb.init in this process).
     os.environ.pop("TRAINJOB_SWEEP_ID", None)
