@@ -139,6 +139,16 @@ BAD_SWEEPS = [
         [],
         "--learning_rate=-1.0 is invalid",
     ),
+    (
+        _with(parameters={"learning_rate": {"min": 0.001, "max": 0.01}}),
+        [],
+        "engine refuses the sweep: Parameter learning_rate is a disallowed type with grid search",
+    ),
+    (
+        _with(method="bayes", parameters={"epochs": {"value": 1}}),
+        ["--count=2"],
+        "Need at least one searchable parameter",
+    ),
     (_with(method="bayes"), ["--worker", "1/2"], "cannot be split over 2 workers"),
     (_with(method="random"), [], "never runs out of points"),
     (GOOD, ["--worker", "3/3"], "--worker='3/3' is invalid"),

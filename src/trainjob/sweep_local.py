@@ -159,10 +159,14 @@ def _seed(name: str, index: int) -> None:
 
 
 def _propose(fn: Any, *args: Any, **kwargs: Any) -> Any:
-    """Call the engine with sklearn's Gaussian-process convergence notes silenced."""
+    """Call the engine (sklearn's Gaussian-process convergence notes silenced); what it refuses
+    (e.g. a distribution in a grid) is a bad sweep file, reported before any trial runs."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        return fn(*args, **kwargs)
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"W&B's sweep engine refuses the sweep: {exc}") from None
 
 
 def grid_points(config: dict[str, Any]) -> list[dict[str, Any]]:
@@ -283,6 +287,9 @@ class LocalSweep:
             argv = point.argv()
             print(f"trainjob sweep: {self.name} trial {point.key}{who}: {' '.join(argv)}")
             if self.opts.dry_run:
+                if self.config["method"] == "bayes":
+                    print("trainjob sweep: (bayes: later points depend on this one's result)")
+                    break
                 continue
             record = read_result(folder)
             if record and record.get("exit_code") == 0:
