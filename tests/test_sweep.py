@@ -372,3 +372,16 @@ def test_signal_between_trials() -> None:
         time.sleep(5)  # the handler raises here
     assert agent.signal == signal.SIGTERM
     assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL  # handlers restored
+
+
+def test_count_from_the_environment_bounds_a_random_sweep(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    config = {
+        "name": "r",
+        "method": "random",
+        "parameters": {"learning_rate": {"min": 0.001, "max": 0.01}},
+    }
+    monkeypatch.setenv("TRAINJOB_SWEEP_COUNT", "2")  # no run_cap: the count is the bound
+    assert main(["sweep", "run", str(write(Path("r.yaml"), config)), "--dry-run"]) == 0
+    assert capsys.readouterr().out.count(" trial ") == 2

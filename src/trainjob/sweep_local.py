@@ -242,7 +242,9 @@ def _metric_of(record: dict[str, Any] | None, metric: str) -> float | None:
 
 
 class LocalSweep:
-    def __init__(self, config: dict[str, Any], settings: Settings, opts: Options, base_env):
+    def __init__(
+        self, config: dict[str, Any], settings: Settings, opts: Options, base_env: dict[str, str]
+    ) -> None:
         self.config = config
         self.settings = settings
         self.opts = opts
@@ -391,9 +393,9 @@ def run_local(file: str, rest: list[str]) -> int:
         raise ConfigError(
             f"--{clash[0]} is set by the sweep per trial; remove it from the command line"
         )
-    check_local(config, opts)
     if opts.count is None and settings.sweep_count:
-        opts.count = settings.sweep_count
+        opts.count = settings.sweep_count  # TRAINJOB_SWEEP_COUNT, as for the agent
+    check_local(config, opts)
     base = {k: v for k, v in os.environ.items()}
     base.update(flags_as_env(settings, [n for n in names if n in Settings.model_fields]))
     base = {k: v for k, v in base.items() if not k.upper().startswith(ENV_PREFIX + "SWEEP_")}
