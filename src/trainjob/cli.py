@@ -24,7 +24,9 @@ USAGE = """usage: trainjob [train | agent | sweep create [FILE] | sweep run [FIL
   train         run one training job (the default without TRAINJOB_SWEEP_ID)
   agent         run a W&B sweep agent for TRAINJOB_SWEEP_ID (the default when it is set)
   sweep create  register sweep.yaml with W&B and print the agent commands
-  sweep run     run sweep.yaml locally, offline, with W&B's own sweep engine
+  sweep run     run sweep.yaml locally, offline, with W&B's own sweep engine;
+                [--worker I/N] [--count N] [--dry-run] (default worker: JOB_COMPLETION_INDEX
+                of JOB_COMPLETIONS); settings flags given here apply to every trial
 
 Every setting is an environment variable and a flag (flags win):"""
 

@@ -5,6 +5,7 @@ python -m trainjob --epochs 1
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import sys
@@ -50,6 +51,19 @@ def _check_resumable(state: dict[str, Any], settings: Settings) -> None:
             f"checkpoint {state['path']} was written with other settings ({detail}); use another "
             "TRAINJOB_CHECKPOINT_DIR or delete it to start over"
         )
+
+
+def write_run_record(settings: Settings, tracker: Any, exit_code: int, summary: dict) -> None:
+    """``<output_dir>/run.json``: how the job ended, its W&B run folder and its summary. Offline
+    sweeps read trial results back from it (sweep_local.py). Best effort: never masks an error."""
+    record = {
+        "exit_code": exit_code,
+        "mode": tracker.mode,
+        "run_dir": str(tracker.run_dir) if tracker.run_dir else None,
+        "summary": summary,
+    }
+    with contextlib.suppress(OSError):
+        (settings.output_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
 
 
 def run(settings: Settings) -> int:
@@ -118,6 +132,7 @@ def run(settings: Settings) -> int:
         progress_bar=settings.progress,
     )
     exit_code = ExitCode.CRASHED
+    summary: dict[str, Any] = {}
     try:
         train_start = time.perf_counter()
         start_examples = progress.examples_seen
@@ -158,6 +173,7 @@ def run(settings: Settings) -> int:
     finally:
         saver.uninstall()
         tracker.finish(exit_code=int(exit_code))
+        write_run_record(settings, tracker, int(exit_code), summary)
         if tracker.sync_command():
             print(f"trainjob: offline run saved; upload it later with: {tracker.sync_command()}")
 

@@ -1,0 +1,406 @@
+"""Offline sweeps: ``sweep.yaml`` run locally by W&B's own sweep engine, with no server.
+
+W&B's agent cannot run air-gapped (wandb/wandb#6234): ``wandb.sweep``/``wandb.agent`` need the
+server even with WANDB_MODE=offline. The engine behind the server is the PyPI package ``sweeps``
+(grid, random and bayes proposals in-process, <0.5 s). Here it proposes each trial; the trial is
+``python -m trainjob train --param=value ...`` in its own process (trials.py), an offline W&B run
+grouped under the sweep's name; at the end a table sorted by the metric and the ``wandb sync``
+command for all runs.
+
+    trainjob sweep run sweep.yaml --count 4
+    trainjob sweep run sweep.yaml --worker 1/3        # worker 1 of 3: every 3rd point
+    JOB_COMPLETION_INDEX=1 JOB_COMPLETIONS=3 trainjob sweep run sweep.yaml  # Indexed Job pod
+
+Grid and random sweeps split over N workers with no coordination: proposal k is a pure function of
+(sweep name, k) (random draws are seeded by it), and worker i runs the k with k % N == i. Bayes
+needs every earlier result, so it runs on one worker. Each trial's outputs live in
+``<output_dir>/sweeps/<name>/<k>-<hash>/``; a finished trial (its ``run.json`` says exit 0) is
+not run again, and an interrupted one resumes from its checkpoint: rerunning a preempted worker
+continues where it stopped.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import random
+import re
+import time
+import warnings
+import zlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from .cli import load_settings
+from .errors import ConfigError, ExitCode, TrainjobError
+from .settings import ENV_PREFIX, Settings, env_name
+from .sweep import SUMMARY_METRICS, TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
+from .trials import FailureCounter, SignalForwarder, Stopped, TrialRunner, trial_env
+from .wandb_env import resolve_mode
+
+INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
+COUNT_ENV = "JOB_COMPLETIONS"  # set by our manifest to the Job's spec.completions
+RESULT_FILE = "run.json"  # written by job.py into the trial's output_dir
+PER_TRIAL_FIELDS = ("group", "run_name", "run_id")  # set per trial; not flags of `sweep run`
+
+
+# --- options ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Options:
+    worker: int = 0
+    workers: int = 1
+    count: int | None = None
+    dry_run: bool = False
+    flags: list[str] = field(default_factory=list)  # Settings flags applied to every trial
+
+
+def _positive(text: str, what: str) -> int:
+    if not text.isdigit() or int(text) <= 0:
+        raise ConfigError(f"{what}={text!r} is invalid: expected a positive integer")
+    return int(text)
+
+
+def parse_worker(text: str, what: str = "--worker") -> tuple[int, int]:
+    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
+    if not match or not 0 <= int(match[1]) < int(match[2]):
+        raise ConfigError(f"{what}={text!r} is invalid: expected I/N with 0 <= I < N, e.g. 0/3")
+    return int(match[1]), int(match[2])
+
+
+def worker_from_env(env: dict[str, str] | os._Environ[str]) -> tuple[int, int]:
+    """(i, N) from an Indexed Job: JOB_COMPLETION_INDEX (Kubernetes) and JOB_COMPLETIONS (the
+    manifest copies spec.completions); (0, 1) outside one."""
+    index, count = env.get(INDEX_ENV), env.get(COUNT_ENV)
+    if index is None and count is None:
+        return 0, 1
+    if index is None or count is None:
+        missing = COUNT_ENV if count is None else INDEX_ENV
+        raise ConfigError(
+            f"{INDEX_ENV}={index!r} and {COUNT_ENV}={count!r}: set {missing} too (the Indexed "
+            "Job's completions), or pass --worker I/N"
+        )
+    return parse_worker(f"{index}/{count}", f"{INDEX_ENV}/{COUNT_ENV}")
+
+
+def parse_options(rest: Sequence[str]) -> Options:
+    opts = Options()
+    opts.worker, opts.workers = worker_from_env(os.environ)
+    args = list(rest)
+    while args:
+        arg = args.pop(0)
+        name, eq, value = arg.partition("=")
+        if name in ("--worker", "--count"):
+            if not eq:
+                if not args or args[0].startswith("--"):
+                    raise ConfigError(f"{name} expects a value, e.g. {name} 2")
+                value = args.pop(0)
+            if name == "--worker":
+                opts.worker, opts.workers = parse_worker(value)
+            else:
+                opts.count = _positive(value, "--count")
+        elif arg == "--dry-run":
+            opts.dry_run = True
+        else:
+            opts.flags.append(arg)
+    return opts
+
+
+def given_fields(flags: Sequence[str]) -> list[str]:
+    return [a[2:].split("=", 1)[0] for a in flags if a.startswith("--")]
+
+
+def flags_as_env(settings: Settings, names: Sequence[str]) -> dict[str, str]:
+    """Settings flags given to ``sweep run`` -> TRAINJOB_* variables for every trial (flags
+    would beat the per-trial values the sweep sets through the environment)."""
+    data = settings.model_dump(mode="json")
+    env = {}
+    for name in names:
+        value = data[name]
+        if value is None:
+            continue
+        text = json.dumps(value) if isinstance(value, list | bool) else str(value)
+        env[env_name(name)] = text
+    return env
+
+
+# --- proposals --------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Point:
+    index: int  # k: the k-th proposal of the sweep, the same on every worker
+    params: dict[str, Any]
+
+    @property
+    def key(self) -> str:
+        blob = json.dumps(self.params, sort_keys=True).encode()
+        return f"{self.index:03d}-{hashlib.sha1(blob).hexdigest()[:8]}"
+
+    def argv(self) -> list[str]:
+        return [*TRIAL_COMMAND, *(flag(k, v) for k, v in self.params.items())]
+
+
+def _params(run: Any) -> dict[str, Any]:
+    return {k: plain(v["value"]) for k, v in run.config.items()}
+
+
+def _seed(name: str, index: int) -> None:
+    """The engine draws from ``random`` (random search) and ``numpy.random`` (bayes): seeding
+    both with (sweep, k) makes proposal k the same on every worker and on every rerun."""
+    import numpy as np
+
+    random.seed(f"{name}:{index}")
+    np.random.seed(zlib.crc32(f"{name}:{index}".encode()))
+
+
+def _propose(fn: Any, *args: Any, **kwargs: Any) -> Any:
+    """Call the engine (sklearn's Gaussian-process convergence notes silenced); what it refuses
+    (e.g. a distribution in a grid) is a bad sweep file, reported before any trial runs."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        try:
+            return fn(*args, **kwargs)
+        except ValueError as exc:
+            raise ConfigError(f"W&B's sweep engine refuses the sweep: {exc}") from None
+
+
+def grid_points(config: dict[str, Any]) -> list[dict[str, Any]]:
+    sweeps = sweep_engine()
+
+    # The engine stops at the end of the grid; n only bounds absurdly large grids.
+    runs = _propose(sweeps.next_runs, config, [], n=config.get("run_cap") or 1_000_000)
+    return [_params(run) for run in runs if run is not None]
+
+
+def random_point(config: dict[str, Any], index: int) -> dict[str, Any]:
+    sweeps = sweep_engine()
+
+    _seed(config["name"], index)
+    return _params(_propose(sweeps.next_run, config, []))
+
+
+def bayes_point(config: dict[str, Any], index: int, done: Sequence[Result]) -> dict[str, Any]:
+    sweeps = sweep_engine()
+
+    metric = config["metric"]["name"]
+    runs = [
+        sweeps.SweepRun(
+            name=r.point.key,
+            config={k: {"value": v} for k, v in r.point.params.items()},
+            # The alias: under pydantic 2 sweeps 0.2.0 silently drops summary_metrics=...
+            summaryMetrics={metric: r.metric} if r.metric is not None else {},
+            state="finished" if r.exit_code == 0 else "failed",
+        )
+        for r in done
+    ]
+    _seed(config["name"], index)
+    return _params(_propose(sweeps.next_run, config, runs))
+
+
+def planned(cap: int | None, opts: Options) -> Iterator[int]:
+    """The proposal indices k this worker runs, in order: k = worker, worker + N, ... below
+    ``cap`` (run_cap, or the grid's size), at most ``opts.count`` of them."""
+    k, mine = opts.worker, 0
+    while (cap is None or k < cap) and (opts.count is None or mine < opts.count):
+        yield k
+        k += opts.workers
+        mine += 1
+
+
+# --- results ----------------------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    point: Point
+    exit_code: int
+    metric: float | None = None
+    run_dir: str | None = None
+    mode: str | None = None
+    seconds: float = 0.0
+    reused: bool = False
+
+
+def read_result(folder: Path) -> dict[str, Any] | None:
+    """The trial's ``run.json`` (job.py writes it when a job ends: exit code, run folder,
+    summary), or None when the trial died before writing it."""
+    try:
+        record = json.loads((folder / RESULT_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _metric_of(record: dict[str, Any] | None, metric: str) -> float | None:
+    value = ((record or {}).get("summary") or {}).get(metric)
+    return float(value) if isinstance(value, int | float) else None
+
+
+class LocalSweep:
+    def __init__(
+        self, config: dict[str, Any], settings: Settings, opts: Options, base_env: dict[str, str]
+    ) -> None:
+        self.config = config
+        self.settings = settings
+        self.opts = opts
+        self.metric = (config.get("metric") or {}).get("name", "test_accuracy")
+        self.maximize = (config.get("metric") or {}).get("goal", "maximize") == "maximize"
+        self.name = str(config["name"])
+        slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name).strip("-") or "sweep"
+        self.out = settings.output_dir / "sweeps" / slug
+        self.ckpt = settings.ckpt_dir / "sweeps" / slug
+        self.base_env = base_env
+        self.results: list[Result] = []
+
+    def env(self, point: Point) -> dict[str, str]:
+        return trial_env(
+            self.base_env,
+            **{
+                env_name("group"): self.name,
+                env_name("run_name"): f"{self.name}-{point.key}",
+                env_name("output_dir"): str(self.out / point.key),
+                env_name("checkpoint_dir"): str(self.ckpt / point.key),
+            },
+        )
+
+    def points(self) -> Iterator[Point]:
+        method, cap = self.config["method"], self.config.get("run_cap")
+        if method == "bayes":  # one worker (check_local); each point sees every earlier result
+            for k in planned(cap, self.opts):
+                yield Point(k, bayes_point(self.config, k, self.results))
+        elif method == "grid":
+            grid = grid_points(self.config)
+            for k in planned(min(cap or len(grid), len(grid)), self.opts):
+                yield Point(k, grid[k])
+        else:
+            for k in planned(cap, self.opts):
+                yield Point(k, random_point(self.config, k))
+
+    def run(self, runner: TrialRunner, signals: SignalForwarder) -> int:
+        failures = FailureCounter(self.settings.max_consecutive_failures)
+        who = f" (worker {self.opts.worker}/{self.opts.workers})" if self.opts.workers > 1 else ""
+        for point in self.points():
+            folder = self.out / point.key
+            argv = point.argv()
+            print(f"trainjob sweep: {self.name} trial {point.key}{who}: {' '.join(argv)}")
+            if self.opts.dry_run:
+                if self.config["method"] == "bayes":
+                    print("trainjob sweep: (bayes: later points depend on this one's result)")
+                    break
+                continue
+            record = read_result(folder)
+            if record and record.get("exit_code") == 0:
+                result = Result(point, 0, _metric_of(record, self.metric), reused=True)
+                result.run_dir, result.mode = record.get("run_dir"), record.get("mode")
+                print(f"trainjob sweep: trial {point.key} already done in {folder}; kept")
+            else:
+                (folder / RESULT_FILE).unlink(missing_ok=True)
+                started = time.perf_counter()
+                try:
+                    code = signals.run(runner, argv, self.env(point))
+                except Stopped:
+                    self.report()
+                    raise
+                record = read_result(folder)
+                result = Result(point, code, _metric_of(record, self.metric))
+                result.run_dir = (record or {}).get("run_dir")
+                result.mode = (record or {}).get("mode")
+                result.seconds = time.perf_counter() - started
+                value = "-" if result.metric is None else f"{result.metric:.4f}"
+                print(
+                    f"trainjob sweep: trial {point.key} exited {code}; {self.metric}={value} "
+                    f"({result.seconds:.1f} s)"
+                )
+            self.results.append(result)
+            failures.record(result.exit_code)
+            if failures.exhausted:
+                self.report()
+                raise TooManyFailedTrials(failures.message())
+        self.report()
+        return int(ExitCode.OK)
+
+    def ranked(self) -> list[Result]:
+        def key(r: Result) -> tuple[int, float]:
+            if r.metric is None:
+                return (1, 0.0)
+            return (0, -r.metric if self.maximize else r.metric)
+
+        return sorted(self.results, key=key)
+
+    def report(self) -> None:
+        if self.opts.dry_run:
+            return
+        if not self.results:
+            print(f"trainjob sweep: {self.name}: no trial for this worker")
+            return
+        names = list(self.config["parameters"])
+        header = ["trial", "exit", self.metric, *names]
+        rows = [
+            [
+                r.point.key,
+                str(r.exit_code),
+                "-" if r.metric is None else f"{r.metric:.4f}",
+                *(json.dumps(r.point.params.get(n)) for n in names),
+            ]
+            for r in self.ranked()
+        ]
+        widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
+        goal = "max" if self.maximize else "min"
+        print(f"\ntrainjob sweep: {self.name}: {len(rows)} trial(s), best {goal} {self.metric}")
+        for row in [header, *rows]:
+            print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        offline = [r.run_dir for r in self.ranked() if r.run_dir and r.mode == "offline"]
+        if offline:
+            print(f"\nupload the offline runs with:\n  wandb sync {' '.join(offline)}")
+
+
+class TooManyFailedTrials(TrainjobError):
+    exit_code = ExitCode.CRASHED
+
+
+def check_local(config: dict[str, Any], opts: Options) -> None:
+    method = config["method"]
+    if method == "bayes" and opts.workers > 1:
+        raise ConfigError(
+            f"a bayes sweep needs every earlier result, so it cannot be split over "
+            f"{opts.workers} workers; use --worker 0/1 or method grid/random"
+        )
+    if method != "grid" and not config.get("run_cap") and not opts.count:
+        raise ConfigError(
+            f"a {method} sweep never runs out of points: set run_cap in the sweep file or pass "
+            "--count N"
+        )
+
+
+def run_local(file: str, rest: list[str]) -> int:
+    opts = parse_options(rest)
+    names = given_fields(opts.flags)
+    settings = load_settings(opts.flags)
+    if settings.sweep_id:
+        raise ConfigError(
+            f"TRAINJOB_SWEEP_ID={settings.sweep_id} names a sweep on the W&B server (run it with "
+            "trainjob agent); unset it to run the sweep file locally"
+        )
+    resolve_mode()
+    config = load_sweep(file, metrics=SUMMARY_METRICS)
+    clash = sorted(set(names) & (set(config["parameters"]) | set(PER_TRIAL_FIELDS)))
+    if clash:
+        raise ConfigError(
+            f"--{clash[0]} is set by the sweep per trial; remove it from the command line"
+        )
+    if opts.count is None and settings.sweep_count:
+        opts.count = settings.sweep_count  # TRAINJOB_SWEEP_COUNT, as for the agent
+    check_local(config, opts)
+    base = {k: v for k, v in os.environ.items()}
+    base.update(flags_as_env(settings, [n for n in names if n in Settings.model_fields]))
+    base = {k: v for k, v in base.items() if not k.upper().startswith(ENV_PREFIX + "SWEEP_")}
+    sweep = LocalSweep(config, settings, opts, base)
+    runner = TrialRunner()  # its fork server starts with the first trial that has to run
+    signals = SignalForwarder()
+    with signals.active():
+        return sweep.run(runner, signals)

@@ -1,0 +1,264 @@
+"""Sweep trials, each in its own process, started in about a second instead of ~10-30 s.
+
+Every trial is ``python -m trainjob train --param=value ...`` in a process of its own: GPU memory
+is freed between trials, SIGTERM reaches the trial, and a crash kills one trial, not the sweep.
+Starting such a process cold costs more than the trial's first step: ``import torch`` +
+torchvision + wandb take 10-25 s on the 2-core CPU here (bench/sweep_overhead.py). So trials
+are forked from a *fork server* (``multiprocessing``'s ``forkserver``): a clean, single-threaded
+process that imports torch, torchvision, wandb, onnx and trainjob once, runs no torch op (so no
+OpenMP/CUDA state exists to be broken by ``fork``), and forks one child per trial. The child sets
+its environment, runs the same ``main(["train", ...])`` as the command line, and exits with the
+job's exit code. Where ``forkserver`` is missing (not Linux/macOS) trials are plain
+``subprocess`` children.
+
+    python bench/sweep_overhead.py   # trial overhead, fork server vs. a cold process
+"""
+
+from __future__ import annotations
+
+import contextlib
+import multiprocessing
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from multiprocessing import forkserver
+from pathlib import Path
+from typing import Any
+
+from .errors import ExitCode, TrainjobError
+
+# What a trial imports, found by diffing sys.modules around a whole job: torch, torchvision and
+# wandb are ~95% of the import time; wandb.init imports ``wandb.sdk.launch``, ``requests`` and
+# ``yaml`` lazily (~2 s here); the default ONNX exporter imports onnxscript at the end of every
+# trial. None of these runs a torch op or initialises CUDA at import.
+PRELOAD = (
+    "torch",
+    "torchvision.datasets",
+    "tqdm.auto",
+    "wandb",
+    "wandb.sdk.launch",
+    "wandb.sdk.launch.inputs.internal",
+    "wandb.apis.public",
+    "requests",
+    "yaml",
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "torch.onnx._internal.exporter._core",
+    "trainjob.job",
+    "trainjob.tracking",
+    "trainjob.data",
+    "trainjob.export",
+    "trainjob.checkpoint",
+    "trainjob.train",
+    "trainjob.model",
+    "trainjob.runtime",
+)
+FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+POLL_S = 0.5
+
+
+def exit_status(code: int | None) -> int:
+    """A child's exit status as a shell reports it: killed by signal N -> 128 + N."""
+    if code is None:
+        return int(ExitCode.CRASHED)
+    return 128 - code if code < 0 else code
+
+
+def _trial_main(argv: list[str], env: dict[str, str], argv0: str) -> None:
+    """Runs in the forked child: become ``python -m trainjob <argv>`` with ``env``."""
+    os.environ.clear()
+    os.environ.update(env)
+    sys.argv[:] = [argv0, *argv]  # what W&B records as the run's command line
+    from .__main__ import main
+
+    code = main(argv)
+    # multiprocessing children leave with os._exit (no atexit): end wandb's service here.
+    wandb = sys.modules.get("wandb")
+    if wandb is not None:
+        with contextlib.suppress(Exception, SystemExit):
+            wandb.teardown()
+    sys.exit(code)
+
+
+@contextlib.contextmanager
+def _package_on_pythonpath() -> Iterator[None]:
+    """The fork server is a fresh interpreter that ignores this process's ``sys.path`` (Python
+    3.11): put the folder this ``trainjob`` was imported from first on its PYTHONPATH, or it may
+    preload another copy (e.g. an installed one instead of a checkout's ``src``)."""
+    old = os.environ.get("PYTHONPATH")
+    here = str(Path(__file__).resolve().parents[1])
+    os.environ["PYTHONPATH"] = os.pathsep.join([here, *([old] if old else [])])
+    try:
+        yield
+    finally:
+        if old is None:
+            os.environ.pop("PYTHONPATH", None)
+        else:
+            os.environ["PYTHONPATH"] = old
+
+
+class Trial:
+    """A running trial: ``wait()`` returns its exit status; ``send(sig)`` signals it."""
+
+    def __init__(self, proc: Any) -> None:
+        self._proc = proc
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid
+
+    def send(self, signum: int) -> None:
+        with contextlib.suppress(ProcessLookupError, TypeError):
+            if self._proc.pid is not None:
+                os.kill(self._proc.pid, signum)
+
+    def wait(self) -> int:
+        # Short waits in a loop, not one blocking call: W&B's agent stops a trial (a "stop"
+        # from the UI or from early termination) by raising an exception asynchronously in the
+        # thread that runs it, which Python delivers only between bytecodes.
+        while True:
+            if isinstance(self._proc, subprocess.Popen):
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    return exit_status(self._proc.wait(timeout=POLL_S))
+            else:
+                self._proc.join(timeout=POLL_S)
+                if self._proc.exitcode is not None:
+                    return exit_status(self._proc.exitcode)
+
+
+class TrialRunner:
+    """Starts trials: forked from the pre-imported server (``fork=True``, the default where the
+    platform has it) or as cold ``python -m trainjob`` processes (``fork=False``)."""
+
+    def __init__(self, fork: bool | None = None, target: Callable[..., None] = _trial_main):
+        available = "forkserver" in multiprocessing.get_all_start_methods()
+        self.fork = available if fork is None else (fork and available)
+        self._target = target
+        self._ctx = multiprocessing.get_context("forkserver") if self.fork else None
+
+    def warm_up(self) -> None:
+        """Start the fork server now, in the background: its imports overlap the caller's work
+        (loading sweep.yaml, proposing the first point) instead of delaying the first trial."""
+        if self._ctx is not None:
+            self._ctx.set_forkserver_preload(list(PRELOAD))
+            with _package_on_pythonpath():
+                forkserver.ensure_running()
+
+    def start(self, argv: Sequence[str], env: Mapping[str, str]) -> Trial:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        if self._ctx is None:
+            cmd = [sys.executable, "-m", "trainjob", *argv]
+            return Trial(subprocess.Popen(cmd, env=dict(env)))
+        self.warm_up()
+        argv0 = sys.argv[0] if sys.argv and sys.argv[0] else "trainjob"
+        proc = self._ctx.Process(
+            target=self._target, args=(list(argv), dict(env), argv0), name="trainjob-trial"
+        )
+        proc.start()
+        return Trial(proc)
+
+
+class Stopped(TrainjobError):
+    """The sweep process got SIGTERM/SIGINT/SIGUSR1: the running trial was told to checkpoint
+    and stop, and no further trial starts."""
+
+    exit_code = ExitCode.PREEMPTED
+
+
+class SignalForwarder:
+    """While active, SIGTERM/SIGINT/SIGUSR1 sent to the sweep process go to the running trial
+    (which checkpoints and exits 143) and stop the sweep after it. Kubernetes signals only PID 1.
+
+    ``interrupt_when_idle``: with no trial running, raise KeyboardInterrupt in the main thread,
+    which is how W&B's agent is told to stop waiting for its next trial.
+    """
+
+    def __init__(self, interrupt_when_idle: bool = False) -> None:
+        self.signal: int | None = None
+        self.trial: Trial | None = None
+        self.interrupt_when_idle = interrupt_when_idle
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, _frame: object) -> None:
+        first = self.signal is None
+        self.signal = signum
+        if self.trial is not None:
+            self.trial.send(signum)
+        elif first and self.interrupt_when_idle:
+            raise KeyboardInterrupt
+
+    @contextlib.contextmanager
+    def active(self) -> Iterator[SignalForwarder]:
+        for sig in FORWARDED_SIGNALS:
+            self._previous[sig] = signal.signal(sig, self._handle)
+        try:
+            yield self
+        finally:
+            for sig, handler in self._previous.items():
+                signal.signal(sig, handler)
+            self._previous.clear()
+
+    def run(self, runner: TrialRunner, argv: Sequence[str], env: Mapping[str, str]) -> int:
+        """Run one trial to its end; raise ``Stopped`` when a signal came before or during it."""
+        if self.signal is not None:
+            raise Stopped(self._message())
+        trial = self.trial = runner.start(argv, env)
+        try:
+            if self.signal is not None:  # it came while the trial was being started
+                trial.send(self.signal)
+            code = trial.wait()
+        except BaseException:
+            # Stopped from outside (W&B's "stop" raises in this thread): the trial checkpoints
+            # and ends too, instead of training on as an orphan.
+            trial.send(signal.SIGTERM)
+            trial.wait()
+            raise
+        finally:
+            self.trial = None
+        if self.signal is not None:
+            raise Stopped(self._message())
+        return code
+
+    def _message(self) -> str:
+        name = signal.Signals(self.signal).name if self.signal else "signal"
+        return f"{name}: sweep stopped; the interrupted trial resumes from its checkpoint on rerun"
+
+
+class FailureCounter:
+    """Consecutive failed trials; a success resets it (W&B's ``max_consecutive_failed_runs``)."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.consecutive = 0
+
+    def record(self, exit_code: int) -> None:
+        self.consecutive = 0 if exit_code == 0 else self.consecutive + 1
+
+    @property
+    def exhausted(self) -> bool:
+        return self.consecutive >= self.limit
+
+    def message(self) -> str:
+        return (
+            f"{self.consecutive} trials failed in a row (TRAINJOB_MAX_CONSECUTIVE_FAILURES="
+            f"{self.limit}); stopping so that a broken node does not burn the sweep"
+        )
+
+
+SWEEP_ONLY_ENV = ("TRAINJOB_SWEEP_ID", "TRAINJOB_RUN_ID")
+
+
+def trial_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
+    """The trial's environment: the sweep process's, minus what must not reach a trial.
+
+    TRAINJOB_SWEEP_ID would make a trial without a subcommand start another agent (the trial's
+    command says ``train`` explicitly, too); TRAINJOB_RUN_ID would make every trial resume the
+    same W&B run.
+    """
+    env = {k: v for k, v in base.items() if k.upper() not in SWEEP_ONLY_ENV}
+    env.update(overrides)
+    return env

@@ -1,0 +1,209 @@
+"""Offline sweeps end to end on tiny data: every trial a real `trainjob train` process (forked from
+the pre-imported server), every trial an offline W&B run read back from its files.
+
+The sweeps run in this pytest process (``main([...])``, the code path of ``python -m trainjob``)
+so that all tests share one fork server (tests/test_sweep.py runs the command line itself).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import threading
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from helpers import clean_env, offline_runs, read_offline_run
+
+from trainjob.__main__ import main
+from trainjob.sweep import HISTORY_METRICS, SUMMARY_METRICS, load_sweep
+from trainjob.sweep_local import Point, Result, bayes_point
+
+
+@pytest.fixture
+def sweep_env(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process's environment as a sweep's: offline W&B in tmp_path, tiny data, 1 epoch."""
+    for key in list(os.environ):
+        if key.startswith(("TRAINJOB_", "WANDB_", "JOB_COMPLETION")):
+            monkeypatch.delenv(key)
+    env = clean_env(
+        tmp_path,
+        TRAINJOB_DATA_DIR=str(tiny_data),
+        TRAINJOB_DATA_SLICE="1",
+        TRAINJOB_EPOCHS="1",
+        TRAINJOB_BATCH_SIZE="64",
+        TRAINJOB_LOG_EVERY="4",
+    )
+    for key, value in env.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def write(path: Path, config: dict) -> Path:
+    path.write_text(yaml.safe_dump(config, sort_keys=False))
+    return path
+
+
+def trial_records(tmp: Path, name: str) -> dict[str, dict]:
+    folder = tmp / "outputs" / "sweeps" / name
+    return {p.parent.name: json.loads(p.read_text()) for p in sorted(folder.glob("*/run.json"))}
+
+
+def table(out: str, metric: str = "test_accuracy") -> list[list[str]]:
+    lines = out.splitlines()
+    start = next(i for i, ln in enumerate(lines) if ln.split()[:3] == ["trial", "exit", metric])
+    rows = []
+    for line in lines[start + 1 :]:
+        if not line.startswith("  ") or not line.strip():
+            break
+        rows.append(line.split(maxsplit=3))
+    return rows
+
+
+METRIC = "test_accuracy"
+LRS, KERNELS = [0.003, 0.01], [[4, 8], [8, 16]]
+GRID = {
+    "name": "grid-2x2",
+    "method": "grid",
+    "metric": {"name": "test_accuracy", "goal": "maximize"},
+    "parameters": {"learning_rate": {"values": LRS}, "kernels": {"values": KERNELS}},
+}
+
+
+def test_offline_grid_end_to_end(sweep_env: Path, capsys: pytest.CaptureFixture) -> None:
+    path = write(sweep_env / "grid.yaml", GRID)
+    assert main(["sweep", "run", str(path)]) == 0
+    out = capsys.readouterr().out
+
+    run_dirs = offline_runs(sweep_env)
+    assert len(run_dirs) == 4
+    runs = [read_offline_run(p) for p in run_dirs]
+    points = sorted((r.config["learning_rate"], r.config["kernels"]) for r in runs)
+    assert points == sorted((lr, k) for lr in LRS for k in KERNELS)  # exactly the grid
+    for run in runs:
+        assert run.run_info["run_group"] == "grid-2x2"
+        assert run.run_info["display_name"].startswith("grid-2x2-00")
+        assert run.exit_code == 0 and run.config["epochs"] == 1
+        # The metrics sweep.py offers are really logged by a job.
+        assert set(SUMMARY_METRICS) <= set(run.summary)
+        assert set(HISTORY_METRICS) <= {k for row in run.history for k in row}
+
+    rows = table(out)
+    accuracies = [float(r[2]) for r in rows]
+    assert len(rows) == 4 and accuracies == sorted(accuracies, reverse=True)
+    by_name = {r.run_info["display_name"]: r.summary["test_accuracy"] for r in runs}
+    assert {f"grid-2x2-{r[0]}": float(r[2]) for r in rows} == pytest.approx(by_name, abs=1e-4)
+    sync = out.split("upload the offline runs with:\n")[1].splitlines()[0].split()
+    assert sync[:2] == ["wandb", "sync"] and sorted(sync[2:]) == sorted(map(str, run_dirs))
+
+    # A rerun (e.g. a restarted pod) keeps the finished trials instead of running them again.
+    assert main(["sweep", "run", str(path)]) == 0
+    assert capsys.readouterr().out.count("already done") == 4
+    assert len(offline_runs(sweep_env)) == 4
+
+
+def test_random_sweep_honours_run_cap(sweep_env: Path, capsys: pytest.CaptureFixture) -> None:
+    config = {
+        "name": "rand",
+        "method": "random",
+        "run_cap": 2,
+        "metric": {"name": "test_accuracy", "goal": "maximize"},
+        "parameters": {
+            "learning_rate": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.02},
+            "batch_size": {"values": [32, 64]},
+        },
+    }
+    path = write(sweep_env / "r.yaml", config)
+    assert main(["sweep", "run", str(path), "--log_every=2"]) == 0  # a setting for every trial
+    runs = [read_offline_run(p) for p in offline_runs(sweep_env)]
+    assert all(r.config["log_every"] == 2 for r in runs)
+    assert len(runs) == 2  # the distribution never runs out: run_cap stops it
+    assert all(r.run_info["run_group"] == "rand" for r in runs)
+    assert all(0.001 <= r.config["learning_rate"] <= 0.02 for r in runs)
+    assert all(r.config["batch_size"] in (32, 64) for r in runs)
+    assert len(table(capsys.readouterr().out)) == 2
+
+
+def test_bayes_sweep_uses_earlier_results(sweep_env: Path, capsys: pytest.CaptureFixture) -> None:
+    config = {
+        "name": "bayes3",
+        "method": "bayes",
+        "run_cap": 3,
+        "metric": {"name": METRIC, "goal": "maximize"},
+        "parameters": {
+            "learning_rate": {"distribution": "log_uniform_values", "min": 0.001, "max": 0.03}
+        },
+    }
+    path = write(sweep_env / "b.yaml", config)
+    assert main(["sweep", "run", str(path)]) == 0
+    out = capsys.readouterr().out
+    records = trial_records(sweep_env, "bayes3")
+    assert len(records) == 3 and all(r["exit_code"] == 0 for r in records.values())
+    ran = dict(re.findall(r"trial (\d{3}-\w+): train --learning_rate=(\S+)", out))
+    done = [
+        Result(Point(int(key[:3]), {"learning_rate": float(ran[key])}), 0, r["summary"][METRIC])
+        for key, r in records.items()
+    ]
+    # What ran is what the W&B run recorded.
+    last = read_offline_run(Path(records[max(records)]["run_dir"]))
+    assert last.config["learning_rate"] == done[2].point.params["learning_rate"]
+    assert last.summary[METRIC] == done[2].metric
+    # Trial 2 is exactly what the engine proposes from trials 0 and 1's results, and not what
+    # it proposes without them.
+    loaded = load_sweep(path)
+    assert bayes_point(loaded, 2, done[:2]) == done[2].point.params
+    assert bayes_point(loaded, 2, []) != done[2].point.params
+
+
+def test_failed_trials_fail_alone_until_too_many_in_a_row(
+    sweep_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    monkeypatch.setenv("TRAINJOB_MAX_CONSECUTIVE_FAILURES", "2")
+    config = {
+        "name": "fails",
+        "method": "grid",
+        "metric": {"name": "test_accuracy", "goal": "maximize"},
+        # Valid settings, but larger than the 512 training examples: the trial exits 2.
+        "parameters": {"batch_size": {"values": [4096, 32, 8192, 16384, 64]}},
+    }
+    assert main(["sweep", "run", str(write(sweep_env / "f.yaml", config))]) == 1
+    out, err = capsys.readouterr()
+    errors = [ln for ln in err.splitlines() if ln.startswith("trainjob: error:")]
+    assert errors[-1].startswith("trainjob: error: 2 trials failed in a row")
+    assert "Traceback" not in err
+    exits = re.findall(r" exited (\d+);", out)
+    assert exits == ["2", "0", "2", "2"]  # the 5th point never ran
+    records = trial_records(sweep_env, "fails")
+    assert [r["exit_code"] for r in records.values()] == [0]
+    assert len(offline_runs(sweep_env)) == 1
+
+
+def test_sigterm_reaches_the_trial_and_stops_the_sweep(
+    sweep_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("TRAINJOB_EPOCHS", "400")  # long enough to be interrupted mid-training
+    monkeypatch.setenv("TRAINJOB_WATCH_LOG", "none")
+    config = {"name": "term", "method": "grid", "parameters": {"seed": {"values": [1, 2]}}}
+    path = write(sweep_env / "t.yaml", config)
+
+    def terminate_when_training() -> None:
+        deadline = time.monotonic() + 240
+        while not offline_runs(sweep_env) and time.monotonic() < deadline:
+            time.sleep(0.2)
+        time.sleep(1.0)
+        os.kill(os.getpid(), signal.SIGTERM)  # as Kubernetes signals the pod's PID 1
+
+    killer = threading.Thread(target=terminate_when_training, daemon=True)
+    killer.start()
+    assert main(["sweep", "run", str(path)]) == 143
+    killer.join()
+    (record,) = trial_records(sweep_env, "term").values()
+    assert record["exit_code"] == 143  # the trial got the signal and checkpointed
+    checkpoints = list((sweep_env / "outputs" / "checkpoints" / "sweeps" / "term").glob("*/*.pt"))
+    assert len(checkpoints) >= 1
+    assert len(offline_runs(sweep_env)) == 1  # the second point never started
