@@ -482,6 +482,8 @@ def test_sweep_agents_are_a_work_queue_spread_over_nodes(
         assert f"configmap {ref['name']} " in printed, printed
         assert f"--from-literal={ref['key']}=entity/project/abc123" in printed, printed
         assert "kubectl apply -k k8s/overlays/sweep-agents" in printed, printed
+        # ... in the namespace the agents run in, or they wait for it forever.
+        assert f"kubectl -n {job['metadata']['namespace']} create configmap" in printed, printed
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # sweeps 0.2.0
