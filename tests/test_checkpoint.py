@@ -111,6 +111,14 @@ def test_all_damaged_starts_from_scratch_with_a_warning(tmp_path: Path, capsys) 
     assert checkpoint.load_latest(tmp_path / "missing") is None
 
 
+def test_an_unreadable_volume_is_a_storage_error_not_damage(tmp_path: Path) -> None:
+    directory = tmp_path / "ckpt"
+    (directory / "ckpt-000000000005.pt").mkdir(parents=True)  # reading it raises an OSError
+    with pytest.raises(StorageError, match="cannot read checkpoint"):
+        checkpoint.load_latest(directory)
+    assert (directory / "ckpt-000000000005.pt").exists()  # not set aside
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT, signal.SIGUSR1])
 def test_signal_sets_a_flag_and_the_next_step_saves_and_stops(tmp_path: Path, signum) -> None:
     saver = make(tmp_path, every_steps=100)
@@ -128,6 +136,9 @@ def test_signal_sets_a_flag_and_the_next_step_saves_and_stops(tmp_path: Path, si
         ]
         with pytest.raises(Preempted):
             saver.during_eval(Progress(step=2))
+        with pytest.raises(Preempted, match="stopped at step 0"):
+            saver.stop_if_signalled(Progress())  # a signal during setup: save, then stop
+        assert "ckpt-000000000000.pt" in {p.name for p in (tmp_path / "ckpt").iterdir()}
     finally:
         saver.uninstall()
     assert signal.getsignal(signum) == previous

@@ -110,8 +110,15 @@ def load_latest(directory: Path) -> dict[str, Any] | None:
     found = checkpoints(directory)
     for path in found:
         try:
-            state = decode(path.read_bytes())
-        except (OSError, ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            blob = path.read_bytes()
+        except OSError as exc:  # the volume, not the file: setting it aside could lose work
+            raise StorageError(
+                f"cannot read checkpoint {path} ({exc.strerror or exc}); check the volume "
+                "behind TRAINJOB_CHECKPOINT_DIR"
+            ) from None
+        try:
+            state = decode(blob)
+        except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
             _warn(f"damaged checkpoint {path} ({exc}); trying the previous one")
             with contextlib.suppress(OSError):  # if it stays, save() still prunes it by step
                 path.replace(path.with_name(path.name + ".damaged"))

@@ -121,9 +121,9 @@ def run(settings: Settings) -> int:
         # Rows the interrupted process logged before its checkpoint but that never reached the
         # W&B file or server (SIGKILL) are logged again, with their original values.
         replayed = history.replay(state.get("history", []))
+        held = f"has steps up to {history.floor}" if history.floor >= 0 else "is empty"
         print(
-            f"trainjob: W&B history has steps up to {history.floor}; {replayed} row(s) logged "
-            "again from the checkpoint",
+            f"trainjob: W&B history {held}; {replayed} row(s) logged again from the checkpoint",
             file=sys.stderr,
         )
 
