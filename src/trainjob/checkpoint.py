@@ -4,20 +4,24 @@ A pod on a spot node gets SIGTERM, a grace period (30 s by default) and then SIG
 handler only sets a flag; the loop polls it after each step (signals are handled in the main
 thread, never mid-``optimizer.step``), writes a checkpoint and raises ``Preempted`` (exit 143).
 Files are written atomically (temp file, fsync, rename, fsync of the folder) and carry a
-SHA-256 of their payload, so a truncated or bit-flipped newest file is detected and the previous
-one is used instead of crash-looping.
+SHA-256 of their payload, so a truncated or bit-flipped newest file is detected, renamed to
+``*.damaged`` and the previous one is used instead of crash-looping; with no usable file left the
+job starts from scratch (with a warning) rather than refusing to run forever.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import os
+import pickle
 import random
 import re
 import signal
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -77,24 +81,68 @@ def decode(blob: bytes) -> dict[str, Any]:
 
 
 def checkpoints(directory: Path) -> list[Path]:
-    """Checkpoint files in ``directory``, newest first."""
+    """Checkpoint files in ``directory``, newest (highest step) first."""
     if not directory.is_dir():
         return []
     found = [p for p in directory.iterdir() if _NAME.match(p.name)]
     return sorted(found, key=lambda p: p.name, reverse=True)
 
 
+def _step_of(path: Path) -> int:
+    match = _NAME.match(path.name)
+    assert match is not None
+    return int(match.group(1))
+
+
+def _warn(message: str) -> None:
+    print(f"trainjob: warning: {message}", file=sys.stderr, flush=True)
+
+
 def load_latest(directory: Path) -> dict[str, Any] | None:
-    """The newest readable checkpoint; damaged ones are skipped with a warning."""
-    for path in checkpoints(directory):
+    """The newest readable checkpoint, or None.
+
+    A damaged file (truncated, bit-flipped, not ours) is renamed to ``<name>.damaged`` with a
+    warning and the next older one is tried: the damaged file can be inspected, is never tried
+    again, and cannot outrank (and so prune) the checkpoints this run writes next. When no file
+    is usable the job starts from scratch with a warning: exiting instead would make Kubernetes
+    restart the pod into the same failure forever.
+    """
+    found = checkpoints(directory)
+    for path in found:
         try:
-            state = decode(path.read_bytes())
-        except (OSError, ValueError, RuntimeError, EOFError) as exc:
-            print(f"trainjob: warning: skipping damaged checkpoint {path}: {exc}", file=sys.stderr)
+            blob = path.read_bytes()
+        except OSError as exc:  # the volume, not the file: setting it aside could lose work
+            raise StorageError(
+                f"cannot read checkpoint {path} ({exc.strerror or exc}); check the volume "
+                "behind TRAINJOB_CHECKPOINT_DIR"
+            ) from None
+        try:
+            state = decode(blob)
+        except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
+            _warn(f"damaged checkpoint {path} ({exc}); trying the previous one")
+            with contextlib.suppress(OSError):  # if it stays, save() still prunes it by step
+                path.replace(path.with_name(path.name + ".damaged"))
             continue
         state["path"] = str(path)
         return state
+    if found:
+        _warn(f"no usable checkpoint in {directory}; starting from scratch")
     return None
+
+
+def weights_sha256(model: torch.nn.Module) -> str:
+    """A digest of the model's parameters and buffers (names, dtypes, shapes, values).
+
+    Independent of memory format and device, so a resumed run can be compared bit for bit with an
+    uninterrupted one (and two runs' models compared without loading them).
+    """
+    digest = hashlib.sha256()
+    state = getattr(model, "_orig_mod", model).state_dict()
+    for name in sorted(state):
+        tensor = state[name].detach().cpu().contiguous()
+        digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
+        digest.update(tensor.reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
 
 
 def rng_state() -> dict[str, Any]:
@@ -133,7 +181,8 @@ class Checkpointer(Hooks):
         self.optimizer = optimizer
         self.every_steps = every_steps
         self.every_s = every_s
-        self.meta = dict(meta or {})
+        self.meta = dict(meta or {})  # fixed entries: the W&B run id, the config
+        self.extra: Callable[[], dict[str, Any]] | None = None  # entries read at each save
         self.signal: int | None = None
         self._last_save = time.monotonic()
         self._previous_handlers: dict[int, Any] = {}
@@ -159,10 +208,14 @@ class Checkpointer(Hooks):
             )
 
     # --- hooks ---------------------------------------------------------------------------------
+    def stop_if_signalled(self, progress: Progress) -> None:
+        """Before training starts: a signal that came during setup stops the job here."""
+        if self.signal is not None:
+            self._stop(progress, save=True)
+
     def after_step(self, progress: Progress) -> None:
         if self.signal is not None:
-            self.save(progress)
-            raise Preempted(self._preempted_message(progress))
+            self._stop(progress, save=True)
         due_steps = self.every_steps and progress.step % self.every_steps == 0
         due_time = self.every_s and time.monotonic() - self._last_save >= self.every_s
         if due_steps or due_time:
@@ -171,13 +224,19 @@ class Checkpointer(Hooks):
     def after_epoch(self, progress: Progress) -> None:
         self.save(progress)
         if self.signal is not None:
-            raise Preempted(self._preempted_message(progress))
+            self._stop(progress, save=False)
 
     def during_eval(self, progress: Progress) -> None:
-        # Training is over and its final state is already saved (after_epoch): just stop; a
-        # resumed job re-runs the evaluation from that checkpoint.
+        # Training is over and its final state is already saved (after_epoch, or the checkpoint
+        # this process resumed from): just stop; a resumed job re-runs the evaluation.
         if self.signal is not None:
-            raise Preempted(self._preempted_message(progress))
+            self._stop(progress, save=False)
+
+    def _stop(self, progress: Progress, save: bool) -> None:
+        if save:
+            path = self.save(progress)
+            print(f"trainjob: checkpoint saved: {path}", file=sys.stderr, flush=True)
+        raise Preempted(self._preempted_message(progress))
 
     def _preempted_message(self, progress: Progress) -> str:
         name = signal.Signals(self.signal).name if self.signal else "signal"
@@ -197,17 +256,24 @@ class Checkpointer(Hooks):
             "optimizer": self.optimizer.state_dict(),
             "rng": rng_state(),
             **self.meta,
+            **(self.extra() if self.extra else {}),
         }
         path = self.directory / f"ckpt-{progress.step:012d}.pt"
         write_atomic(path, encode(state))
-        for old in checkpoints(self.directory)[KEEP:]:
+        # Keep this file and the one before it. A file with a higher step is from a future this
+        # run did not resume from (it was damaged and unreadable): it must not outrank this one.
+        kept = [p for p in checkpoints(self.directory) if _step_of(p) <= progress.step]
+        stale = [p for p in checkpoints(self.directory) if _step_of(p) > progress.step]
+        for old in stale + kept[KEEP:]:
             old.unlink(missing_ok=True)
         self._last_save = time.monotonic()
         return path
 
     def restore(self, state: dict[str, Any]) -> Progress:
+        """Model and optimizer from ``state``; the RNG is restored separately, by
+        ``restore_rng(state["rng"])`` right before the loop, so that nothing run during setup
+        (W&B, the data loader) can consume random numbers in between."""
         model = getattr(self.model, "_orig_mod", self.model)
         model.load_state_dict(state["model"])
         self.optimizer.load_state_dict(state["optimizer"])
-        restore_rng(state["rng"])
         return Progress(**state["progress"])

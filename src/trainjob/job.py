@@ -70,7 +70,7 @@ def run(settings: Settings) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from . import checkpoint, data, export, runtime, tracking
+    from . import checkpoint, data, export, resume, runtime, tracking
     from .model import ConvNet
     from .train import LoopConfig, Progress, evaluate, train
 
@@ -110,6 +110,8 @@ def run(settings: Settings) -> int:
         progress = saver.restore(state)
         print(f"trainjob: resuming from {state['path']} at step {progress.step}", file=sys.stderr)
     run_id = (state or {}).get("run_id") or settings.run_id
+    if saver.signal is not None:  # stopped during setup: exit before creating a W&B run
+        raise Preempted("stopped by a signal before training started; rerun the same command")
 
     extra = {
         "data": dataset.metadata(),
@@ -119,7 +121,25 @@ def run(settings: Settings) -> int:
     print(f"trainjob: {json.dumps(extra['env'])}", file=sys.stderr)
     tracker = tracking.start(settings, extra, run_id=run_id)
     saver.meta = {"run_id": tracker.run_id, "config": settings.run_config()}
-    tracker.watch(model, criterion, settings.watch_log, settings.watch_freq)
+    # Resuming into a run whose history already has rows: log only the steps after them, and
+    # watch from the first new row on (see resume.py).
+    history = resume.History(tracker, resume.history_floor(tracker))
+    saver.extra = lambda: {"history": list(history.rows)}
+    if history.floor < 0:
+        tracker.watch(model, criterion, settings.watch_log, settings.watch_freq)
+    else:
+        history.on_first_row = lambda: tracker.watch(
+            model, criterion, settings.watch_log, settings.watch_freq
+        )
+    if state is not None:
+        # Rows the interrupted process logged before its checkpoint but that never reached the
+        # W&B file or server (SIGKILL) are logged again, with their original values.
+        replayed = history.replay(state.get("history", []))
+        held = f"has steps up to {history.floor}" if history.floor >= 0 else "is empty"
+        print(
+            f"trainjob: W&B history {held}; {replayed} row(s) logged again from the checkpoint",
+            file=sys.stderr,
+        )
 
     train_model = torch.compile(model) if settings.compile else model
     cfg = LoopConfig(
@@ -134,14 +154,19 @@ def run(settings: Settings) -> int:
     exit_code = ExitCode.CRASHED
     summary: dict[str, Any] = {}
     try:
+        saver.stop_if_signalled(progress)
+        if state is not None:
+            checkpoint.restore_rng(state["rng"])  # last, so that nothing in setup draws from it
         train_start = time.perf_counter()
         start_examples = progress.examples_seen
         progress = train(
-            train_model, optimizer, criterion, dataset.train, cfg, tracker, progress, saver, tqdm
+            train_model, optimizer, criterion, dataset.train, cfg, history, progress, saver, tqdm
         )
         train_s = time.perf_counter() - train_start
         accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, saver, progress)
-        tracker.log({"test_accuracy": accuracy}, step=progress.examples_seen)
+        # A row of its own after the last training row (which may sit at examples_seen): a job
+        # resumed during evaluation must not write to a step the history already has.
+        history.log({"test_accuracy": accuracy}, step=progress.examples_seen + 1)
         samples_per_s = (progress.examples_seen - start_examples) / max(train_s, 1e-9)
 
         model_path = settings.output_dir / "model.onnx"
@@ -154,13 +179,10 @@ def run(settings: Settings) -> int:
             "perf/train_s": train_s,
             "onnx/max_abs_diff": diff,
             "examples_seen": progress.examples_seen,
+            "weights_sha256": checkpoint.weights_sha256(model),
         }
         tracker.summary(summary)
         tracker.save_model(model_path, {"test_accuracy": accuracy, **settings.run_config()})
-        # A finished job leaves no checkpoint behind: running the command again starts a new
-        # run instead of "resuming" a completed one.
-        for path in checkpoint.checkpoints(ckpt_dir):
-            path.unlink(missing_ok=True)
         exit_code = ExitCode.OK
     except Preempted:
         exit_code = ExitCode.PREEMPTED
@@ -171,11 +193,24 @@ def run(settings: Settings) -> int:
         exit_code = exc.exit_code
         raise
     finally:
-        saver.uninstall()
+        # Handlers stay installed through finish: a SIGTERM after training only sets the flag
+        # and the job completes (exit 0) instead of dying halfway through W&B's finish.
         tracker.finish(exit_code=int(exit_code))
         write_run_record(settings, tracker, int(exit_code), summary)
+        saver.uninstall()
         if tracker.sync_command():
             print(f"trainjob: offline run saved; upload it later with: {tracker.sync_command()}")
+        if resume.sync_command(tracker):
+            print(
+                "trainjob: this run's history is split over one folder per process (resumed); "
+                f"upload them together, oldest first: {resume.sync_command(tracker)}"
+            )
+
+    # A finished job leaves no checkpoint behind, so running the command again starts a new run
+    # instead of "resuming" a completed one. Only now: a job killed before its run was finished
+    # resumes from the last checkpoint and finishes it.
+    for path in checkpoint.checkpoints(ckpt_dir):
+        path.unlink(missing_ok=True)
 
     wall = time.perf_counter() - started
     print(

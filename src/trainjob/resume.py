@@ -1,0 +1,172 @@
+"""Continue a W&B run's history after a restart: no duplicated and no missing rows.
+
+A resumed job replays the steps after its checkpoint. Rows the interrupted process had already
+logged (all of them after SIGTERM, possibly more than the checkpoint after SIGKILL) must not be
+logged again: W&B's history is indexed by step, and a step can only be written once. So before
+training, the job finds the highest step the run's history already holds (its *floor*) and
+``History`` drops every row at or below it. The floor comes from where the history really is:
+
+- online: ``run.starting_step - 1``, the server's view of the resumed run (the server rejects
+  lower steps anyway);
+- offline: the history rows in this run's earlier ``.wandb`` transaction logs beside the current
+  one (``wandb/offline-run-*-<id>``, one folder per process: wandb 0.31 never appends to an
+  existing one). This also covers SIGKILL: whatever the killed process got into its file is
+  exactly what ``wandb sync`` will upload, and nothing else.
+
+"The last step logged before the checkpoint" is deliberately *not* used: after SIGKILL the rows
+after it may already be in the file (duplicates), and rows logged before it may never have reached
+the file or the server (a gap): wandb-core writes the transaction log in whole 32 KiB blocks and
+uploads every few seconds, so a SIGKILL loses the tail. To fill that gap the checkpoint carries
+the last ``KEEP_ROWS`` scalar rows; on resume those above the floor are logged again (``replay``),
+with their original values. Only the ``run.watch`` histograms of those rows are lost.
+
+``run.watch`` histograms are attached by wandb to the row that is open when a hook fires; in a
+resumed process that would be step 0 (offline) before the first row. The job therefore installs
+``watch`` only after the first row it really logs (``History.on_first_row``).
+
+The transaction log is LevelDB's log format with a 7-byte W&B header (see wandb's
+``core/pkg/leveldb/record.go``); each record is a ``wandb_internal_pb2.Record``.
+"""
+
+from __future__ import annotations
+
+import struct
+import sys
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from pathlib import Path
+from typing import Any
+
+_WANDB_HEADER = 7  # ":W&B", magic 0xBEE1 (uint16), version (uint8)
+_BLOCK = 32 * 1024
+_CHUNK_HEADER = 7  # crc32c (uint32), length (uint16), type (uint8)
+_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
+# Rows kept in each checkpoint. A 32 KiB block of the transaction log holds about a hundred rows
+# (each row also writes a summary record), an upload interval a few hundred: 1000 is a margin.
+KEEP_ROWS = 1000
+
+
+class History:
+    """The tracker the loop logs to: passes rows above ``floor`` on, drops the others, and keeps
+    the last ``KEEP_ROWS`` rows for the checkpoint (``rows``)."""
+
+    def __init__(self, tracker: Any, floor: int = -1) -> None:
+        self.tracker = tracker
+        self.floor = floor
+        self.skipped = 0
+        self.rows: deque[tuple[int, dict[str, float | int]]] = deque(maxlen=KEEP_ROWS)
+        self.on_first_row: Callable[[], None] | None = None
+
+    def replay(self, rows: Iterable[tuple[int, Mapping[str, float | int]]]) -> int:
+        """Log a checkpoint's rows again; returns how many were missing from the history."""
+        before = self.skipped
+        rows = list(rows)
+        for step, metrics in rows:
+            self.log(metrics, step)
+        return len(rows) - (self.skipped - before)
+
+    def log(self, metrics: Mapping[str, float | int], step: int) -> None:
+        self.rows.append((step, dict(metrics)))
+        if step <= self.floor:
+            self.skipped += 1  # already in the run's history: the interrupted process logged it
+            return
+        self.tracker.log(metrics, step=step)
+        if self.on_first_row is not None:
+            callback, self.on_first_row = self.on_first_row, None
+            callback()
+
+
+def history_floor(tracker: Any) -> int:
+    """The highest step the run's history already holds, or -1 for a new run."""
+    if getattr(tracker, "mode", "disabled") == "disabled":
+        return -1
+    if tracker.mode == "online":
+        return int(getattr(tracker.run, "starting_step", 0) or 0) - 1
+    floor = -1
+    for path in earlier_transaction_logs(Path(tracker.run_dir), tracker.run_id):
+        step = last_history_step(path)
+        if step is not None:
+            floor = max(floor, step)
+    return floor
+
+
+def sync_command(tracker: Any) -> str | None:
+    """For an offline run split over several folders: the command that uploads all of them.
+
+    ``wandb sync`` groups the files of one run id and replays them oldest first. Each file holds
+    its own run record, and only the sync's ``resume`` setting makes the second and later ones
+    *append* to the run (wandb-core's ``runupserter.InitRun``): without it each would start the
+    history over. Folders already uploaded carry a ``.wandb.synced`` marker and are skipped.
+    """
+    if getattr(tracker, "mode", None) != "offline" or tracker.run_dir is None:
+        return None
+    run_dir = Path(tracker.run_dir)
+    if not earlier_transaction_logs(run_dir, tracker.run_id):
+        return None
+    pattern = f"offline-run-????????_??????-{tracker.run_id}"  # not another id ending in -<id>
+    return f"WANDB_RESUME=allow wandb sync {run_dir.parent}/{pattern}"
+
+
+def earlier_transaction_logs(run_dir: Path, run_id: str) -> list[Path]:
+    """``run-<id>.wandb`` files of the same run id beside ``run_dir`` (earlier processes)."""
+    found = []
+    for sibling in sorted(run_dir.parent.glob(f"*-{run_id}")):
+        log = sibling / f"run-{run_id}.wandb"
+        if sibling.resolve() != run_dir.resolve() and log.is_file():
+            found.append(log)
+    return found
+
+
+def last_history_step(path: Path) -> int | None:
+    """The highest ``_step`` of the history rows in a ``.wandb`` file; None when it has none.
+
+    A file cut short by SIGKILL ends in a partial record: it is ignored, like wandb's own reader
+    does; an unreadable file counts as empty (with a warning) rather than stopping the job.
+    """
+    from wandb.proto import wandb_internal_pb2
+
+    try:
+        blob = path.read_bytes()
+    except OSError as exc:
+        print(f"trainjob: warning: cannot read {path}: {exc}", file=sys.stderr)
+        return None
+    last: int | None = None
+    for payload in _records(blob):
+        record = wandb_internal_pb2.Record()
+        try:
+            record.ParseFromString(payload)
+        except Exception:  # a corrupt record (DecodeError): skip it, keep reading
+            continue
+        if record.WhichOneof("record_type") == "history":
+            step = record.history.step.num
+            last = step if last is None else max(last, step)
+    return last
+
+
+def _records(blob: bytes) -> Iterator[bytes]:
+    """Payloads of the complete records in a LevelDB-log-format byte string."""
+    if blob[:4] != b":W&B":
+        return
+    pos, pending = _WANDB_HEADER, b""
+    while pos + _CHUNK_HEADER <= len(blob):
+        left_in_block = _BLOCK - pos % _BLOCK
+        if left_in_block < _CHUNK_HEADER:  # the writer pads a block's tail with zeros
+            pos += left_in_block
+            continue
+        _crc, length, kind = struct.unpack_from("<IHB", blob, pos)
+        if kind == 0 and length == 0:  # a zeroed (preallocated) rest of the block
+            pos += left_in_block
+            continue
+        start, pos = pos + _CHUNK_HEADER, pos + _CHUNK_HEADER + length
+        if pos > len(blob):
+            return  # the partial record of an interrupted write
+        chunk = blob[start:pos]
+        if kind == _FULL:
+            yield chunk
+        elif kind == _FIRST:
+            pending = chunk
+        elif kind == _MIDDLE:
+            pending += chunk
+        elif kind == _LAST:
+            yield pending + chunk
+            pending = b""
