@@ -20,15 +20,17 @@ from torch import nn
 
 from .errors import ConfigError
 from .settings import Settings
-from .wandb_env import resolve_mode
+from .wandb_env import base_url, has_api_key, redact, resolve_mode
 
 
 class Tracker:
     """The small interface the rest of trainjob sees: log, watch, summary, model, finish."""
 
-    def __init__(self, run: Any, mode: str) -> None:
+    def __init__(self, run: Any, mode: str, finish_timeout: float = 0.0) -> None:
         self.run = run
         self.mode = mode
+        self.finish_timeout = finish_timeout
+        self.upload_incomplete = False  # online, but run.finish() gave up on the server
 
     @property
     def enabled(self) -> bool:
@@ -46,9 +48,16 @@ class Tracker:
         return Path(self.run.dir).parent
 
     def sync_command(self) -> str | None:
-        if self.mode != "offline" or self.run_dir is None:
+        """The exact command that uploads what the server has not got, or None if nothing is
+        missing. An online run whose upload gave up needs ``--no-skip-online``: ``wandb sync``
+        skips online runs by default."""
+        if self.run_dir is None:
             return None
-        return f"wandb sync {self.run_dir}"
+        if self.mode == "offline":
+            return f"wandb sync {self.run_dir}"
+        if self.upload_incomplete:
+            return f"wandb sync --no-skip-online {self.run_dir}"
+        return None
 
     def log(self, metrics: Mapping[str, float | int], step: int) -> None:
         self.run.log(dict(metrics), step=step)
@@ -75,17 +84,58 @@ class Tracker:
         self.run.log_artifact(artifact)
 
     def finish(self, exit_code: int = 0) -> None:
-        self.run.finish(exit_code=exit_code)
+        """Finish the run, recording ``exit_code`` (non-zero: W&B marks the run failed).
+
+        Online, this waits at most ``wandb_finish_timeout`` s for the server: a server that died
+        mid-run does not hang the job; everything is in the run folder for ``wandb sync``."""
+        try:
+            self.run.finish(exit_code=exit_code)
+        except TimeoutError:
+            self.upload_incomplete = True
+            print(
+                f"trainjob: warning: the W&B server did not take the run's data within "
+                f"TRAINJOB_WANDB_FINISH_TIMEOUT={self.finish_timeout:g}s; nothing is lost: "
+                f"every step is in {self.run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def choose_mode(settings: Settings) -> str:
+    """The W&B mode this job will really use, decided before any data is loaded.
+
+    Online, the server gets ``wandb_init_timeout`` seconds to answer a credential check: a
+    server that rejects the key is a ConfigError (exit 2) before any training; one that cannot be
+    reached (refused, DNS, 5xx, a hanging proxy) means the job goes on offline, in this process.
+    """
+    mode = resolve_mode()
+    if mode not in ("online", "shared"):
+        return mode
+    if not has_api_key():
+        raise ConfigError(
+            f"WANDB_MODE={mode} but no W&B API key is configured; set WANDB_API_KEY (from a "
+            "secret) or use WANDB_MODE=offline"
+        )
+    reason = check_server(settings.wandb_init_timeout)
+    if reason is None:
+        return mode
+    _going_offline(reason)
+    return "offline"
 
 
 def start(
     settings: Settings,
     extra_config: Mapping[str, Any],
     run_id: str | None = None,
+    mode: str | None = None,
 ) -> Tracker:
-    """Create the job's one W&B run. ``run_id`` (from a checkpoint or TRAINJOB_RUN_ID) resumes
-    into that run instead of starting a duplicate."""
-    mode = resolve_mode()
+    """Create the job's one W&B run in ``mode`` (default: ``choose_mode``). ``run_id`` (from a
+    checkpoint or TRAINJOB_RUN_ID) resumes into that run instead of starting a duplicate.
+
+    If the server stops answering between the check and ``wandb.init`` (``CommError`` after
+    ``wandb_init_timeout`` s), the run is created offline instead, in this process.
+    """
+    mode = mode or choose_mode(settings)
     config = {**settings.run_config(), **extra_config}
     kwargs: dict[str, Any] = {
         "project": settings.resolved_project,
@@ -93,7 +143,7 @@ def start(
         "name": settings.run_name,
         "group": settings.group,
         "job_type": "train",
-        "settings": wandb.Settings(init_timeout=settings.wandb_init_timeout),
+        "settings": _wandb_settings(settings),
     }
     # Inside a W&B sweep the agent owns the run id: never set one there (W&B's own rule).
     if run_id and not os.environ.get("WANDB_SWEEP_ID"):
@@ -101,16 +151,64 @@ def start(
     try:
         run = wandb.init(mode=mode, **kwargs)
     except wandb.errors.AuthenticationError:
-        raise ConfigError(
-            "WANDB_API_KEY was rejected by the W&B server; set a valid key or WANDB_MODE=offline"
-        ) from None
+        raise ConfigError(REJECTED.format(url=base_url(), status="at wandb.init")) from None
     except wandb.errors.CommError as exc:
-        if mode != "online":
+        if mode == "offline":
             raise
-        print(
-            f"trainjob: W&B server unreachable ({type(exc).__name__}); continuing offline",
-            file=sys.stderr,
-        )
+        _going_offline(redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
         mode = "offline"
         run = wandb.init(mode=mode, **kwargs)
-    return Tracker(run, mode)
+    return Tracker(run, mode, settings.wandb_finish_timeout)
+
+
+def _going_offline(reason: str) -> None:
+    print(
+        f"trainjob: W&B server {base_url()} unreachable ({reason}); continuing offline: every "
+        "step is kept on disk for `wandb sync`",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+REJECTED = (
+    "the W&B server {url} rejected WANDB_API_KEY ({status}); set a valid key (wandb.ai/authorize) "
+    "or WANDB_MODE=offline"
+)
+
+
+def _wandb_settings(settings: Settings) -> wandb.Settings:
+    return wandb.Settings(
+        init_timeout=settings.wandb_init_timeout,
+        # wandb.init would otherwise spend up to 2 x 5 s asking the server who the key belongs
+        # to (wandb/sdk/lib/identity.py) *before* init_timeout starts; check_server() has
+        # already done that, within the job's own timeout.
+        x_disable_viewer=True,
+        # run.finish() waits for uploads forever by default; a server that died mid-run would
+        # hang the job. After this many seconds it gives up: the data stays in the run folder.
+        finish_timeout=settings.wandb_finish_timeout,
+        finish_timeout_raises=True,
+    )
+
+
+def check_server(timeout: float) -> str | None:
+    """Ask the W&B server who the credentials belong to, waiting at most ``timeout`` seconds.
+
+    Returns None when it answered, a short reason when it cannot be reached; raises ConfigError
+    when it rejects the key (HTTP 401/403) or the key is malformed. ``wandb.Api()`` verifies the
+    key through wandb-core and chains the failed request (with its HTTP status) as the cause.
+    """
+    try:
+        wandb.Api(timeout=timeout)  # type: ignore[arg-type]  # a float works (ServiceApi)
+    except wandb.errors.AuthenticationError as exc:
+        cause = exc.__cause__
+        status = getattr(getattr(cause, "response", None), "http_status", 0)
+        if cause is None:  # rejected locally: a malformed key (wbauth.validation.check_api_key)
+            raise ConfigError(redact(f"W&B credentials are invalid: {exc}")) from None
+        if status in (401, 403):
+            raise ConfigError(REJECTED.format(url=base_url(), status=f"HTTP {status}")) from None
+        if status:
+            return f"HTTP {status}"
+        return f"no answer within {timeout:g}s"
+    except wandb.errors.UsageError as exc:  # no credentials found after all
+        raise ConfigError(redact(f"W&B credentials: {exc}")) from None
+    return None
