@@ -2,9 +2,11 @@
 
 Modes: ``ok`` (answers the few GraphQL calls wandb-core makes for a run and takes file_stream
 uploads), ``500`` (every request fails), ``401`` (every request is unauthorized), ``hang``
-(accepts and never answers). ``--die-after-history N``: in ``ok`` mode the process exits
-(``os._exit``: the kernel closes every socket, as when a server dies) once N history rows have
-been uploaded. Each request is appended to ``--log`` as one JSON line.
+(accepts and never answers). ``--die-on-stream N``: in ``ok`` mode the process exits
+(``os._exit``: the kernel closes every socket, as when a server dies) when the N-th file_stream
+upload arrives; wandb-core sends the first right after ``wandb.init``, so N=1 is a server that
+dies once the run exists, before any history reached it. Each request is appended to ``--log``
+as one JSON line.
 
     python tests/fake_wandb.py --mode ok --log /tmp/requests.jsonl   # prints the port
 """
@@ -44,12 +46,38 @@ def _graphql_answer(base: str, op: str, variables: dict[str, Any]) -> dict[str, 
     if op == "CreateRunFiles":
         files = [{"name": f, "uploadUrl": f"{base}/upload/{f}"} for f in variables["files"]]
         return {"createRunFiles": {"runID": "UnVuOjE=", "uploadHeaders": [], "files": files}}
+    # The model artifact (tracking.Tracker.save_model): create, manifest, files, commit.
+    artifact = {"id": "QXJ0aWZhY3Q6MQ==", "state": "PENDING", "digest": "fake"}
+    if op == "CreateArtifact":
+        artifact["artifactSequence"] = {"latestArtifact": None}
+        return {"createArtifact": {"artifact": artifact}}
+    if op in ("CreateArtifactManifest", "UpdateArtifactManifest"):
+        upload = {"id": "RmlsZTox", "uploadUrl": f"{base}/upload/manifest", "uploadHeaders": []}
+        key = op[0].lower() + op[1:]
+        return {key: {"artifactManifest": {"id": "TWFuaWZlc3Q6MQ==", "file": upload}}}
+    if op == "CreateArtifactFiles":
+        wanted = variables["input"]["artifactFiles"]
+        edges = [
+            {
+                "node": {
+                    "storagePath": f"fake/{i}",
+                    "uploadUrl": f"{base}/upload/artifact-{i}",
+                    "uploadHeaders": [],
+                    "uploadMultipartUrls": None,
+                    "artifact": {"id": artifact["id"]},
+                }
+            }
+            for i, _ in enumerate(wanted)
+        ]
+        return {"createArtifactFiles": {"files": {"edges": edges}}}
+    if op in ("CommitArtifact", "UseArtifact"):
+        return {op[0].lower() + op[1:]: {"artifact": artifact}}
     return {}
 
 
-def serve(mode: str, log: Path, die_after_history: int) -> None:
+def serve(mode: str, log: Path, die_on_stream: int) -> None:
     lock = threading.Lock()
-    uploaded = {"history": 0}
+    streams = {"n": 0}
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -83,8 +111,8 @@ def serve(mode: str, log: Path, die_after_history: int) -> None:
                 entry["history"] = [json.loads(row)["_step"] for row in rows]
             with lock, open(log, "a") as fh:
                 fh.write(json.dumps(entry) + "\n")
-                uploaded["history"] += len(entry.get("history", []))
-                dying = 0 < die_after_history <= uploaded["history"]
+                streams["n"] += "history" in entry
+                dying = 0 < die_on_stream <= streams["n"]
             if mode == "hang":
                 time.sleep(3600)
                 return
@@ -136,13 +164,13 @@ class FakeServer:
 
 
 @contextlib.contextmanager
-def fake_wandb(mode: str, tmp: Path, die_after_history: int = 0) -> Iterator[FakeServer]:
+def fake_wandb(mode: str, tmp: Path, die_on_stream: int = 0) -> Iterator[FakeServer]:
     """``mode`` as above, or ``refuse`` for a closed port (no process at all)."""
     log = tmp / f"fake-wandb-{mode}.jsonl"
     if mode == "refuse":
         yield FakeServer(None, f"http://127.0.0.1:{closed_port()}", log)
         return
-    args = ["--mode", mode, "--log", str(log), "--die-after-history", str(die_after_history)]
+    args = ["--mode", mode, "--log", str(log), "--die-on-stream", str(die_on_stream)]
     proc = subprocess.Popen(
         [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
     )
@@ -159,6 +187,6 @@ if __name__ == "__main__":
     parser = argparse.ArgumentParser()
     parser.add_argument("--mode", choices=["ok", "500", "401", "hang"], required=True)
     parser.add_argument("--log", type=Path, required=True)
-    parser.add_argument("--die-after-history", type=int, default=0)
+    parser.add_argument("--die-on-stream", type=int, default=0)
     ns = parser.parse_args()
-    serve(ns.mode, ns.log, ns.die_after_history)
+    serve(ns.mode, ns.log, ns.die_on_stream)

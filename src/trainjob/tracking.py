@@ -8,9 +8,11 @@ run object with the same methods: no ``if wandb:`` anywhere else.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -26,10 +28,13 @@ from .wandb_env import base_url, has_api_key, redact, resolve_mode
 class Tracker:
     """The small interface the rest of trainjob sees: log, watch, summary, model, finish."""
 
-    def __init__(self, run: Any, mode: str, finish_timeout: float = 0.0) -> None:
+    def __init__(
+        self, run: Any, mode: str, finish_timeout: float = 0.0, server_timeout: float = 15.0
+    ) -> None:
         self.run = run
         self.mode = mode
         self.finish_timeout = finish_timeout
+        self.server_timeout = server_timeout
         self.upload_incomplete = False  # online, but run.finish() gave up on the server
 
     @property
@@ -81,7 +86,25 @@ class Tracker:
         self.run.save(str(inside), base_path=self.run.dir, policy="now")
         artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=dict(metadata))
         artifact.add_file(str(inside), name=path.name)
-        self.run.log_artifact(artifact)
+        if self.mode != "offline" and not _server_answers(self.server_timeout):
+            # Online, log_artifact first asks the server (wandb.Api) and, with the server gone,
+            # raises instead of skipping that optional check (wandb 0.31, wandb_run.py
+            # _assert_can_log_artifact catches only WandbApiFailedError).
+            self._server_lost(f"the model artifact was not logged; {path.name} is in the run files")
+            return
+        try:
+            self.run.log_artifact(artifact)
+        except wandb.errors.CommError:
+            self._server_lost(f"the model artifact was not logged; {path.name} is in the run files")
+
+    def _server_lost(self, what: str) -> None:
+        self.upload_incomplete = True
+        _quiet_telemetry()
+        print(
+            f"trainjob: warning: the W&B server {base_url()} stopped answering; {what}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def finish(self, exit_code: int = 0) -> None:
         """Finish the run, recording ``exit_code`` (non-zero: W&B marks the run failed).
@@ -92,6 +115,7 @@ class Tracker:
             self.run.finish(exit_code=exit_code)
         except TimeoutError:
             self.upload_incomplete = True
+            _quiet_telemetry()
             print(
                 f"trainjob: warning: the W&B server did not take the run's data within "
                 f"TRAINJOB_WANDB_FINISH_TIMEOUT={self.finish_timeout:g}s; nothing is lost: "
@@ -116,10 +140,11 @@ def choose_mode(settings: Settings) -> str:
             f"WANDB_MODE={mode} but no W&B API key is configured; set WANDB_API_KEY (from a "
             "secret) or use WANDB_MODE=offline"
         )
+    started = time.monotonic()
     reason = check_server(settings.wandb_init_timeout)
     if reason is None:
         return mode
-    _going_offline(reason)
+    _going_offline(f"{reason}; waited {time.monotonic() - started:.1f}s")
     return "offline"
 
 
@@ -155,13 +180,15 @@ def start(
     except wandb.errors.CommError as exc:
         if mode == "offline":
             raise
-        _going_offline(redact(str(exc).splitlines()[0] if str(exc) else type(exc).__name__))
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _going_offline(f"wandb.init: {redact(first_line)}")
         mode = "offline"
         run = wandb.init(mode=mode, **kwargs)
-    return Tracker(run, mode, settings.wandb_finish_timeout)
+    return Tracker(run, mode, settings.wandb_finish_timeout, settings.wandb_init_timeout)
 
 
 def _going_offline(reason: str) -> None:
+    _quiet_telemetry()
     print(
         f"trainjob: W&B server {base_url()} unreachable ({reason}); continuing offline: every "
         "step is kept on disk for `wandb sync`",
@@ -190,6 +217,26 @@ def _wandb_settings(settings: Settings) -> wandb.Settings:
     )
 
 
+SERVICE_START_S = 1.0
+
+
+def _quiet_telemetry() -> None:
+    """Stop wandb's own usage telemetry, which it sends to WANDB_BASE_URL: with that server
+    unreachable, flushing it at exit blocks the process for 10-16 s (measured with a hanging
+    server; wandb/analytics/opentelemetry/opentelemetry_proxy.py). Best effort: private API."""
+    with contextlib.suppress(Exception):
+        from wandb.analytics.opentelemetry import opentelemetry_proxy
+
+        opentelemetry_proxy.disable()
+
+
+def _server_answers(timeout: float) -> bool:
+    try:
+        return check_server(timeout) is None
+    except ConfigError:  # the key stopped working mid-run: still "not answering" for us
+        return False
+
+
 def check_server(timeout: float) -> str | None:
     """Ask the W&B server who the credentials belong to, waiting at most ``timeout`` seconds.
 
@@ -197,8 +244,11 @@ def check_server(timeout: float) -> str | None:
     when it rejects the key (HTTP 401/403) or the key is malformed. ``wandb.Api()`` verifies the
     key through wandb-core and chains the failed request (with its HTTP status) as the cause.
     """
+    # The wait below starts once wandb-core runs; starting it took 0.4-0.9 s here: keep 1 s of
+    # the budget for that, so that the whole check stays within ``timeout``.
+    wait = max(timeout - SERVICE_START_S, timeout / 2)
     try:
-        wandb.Api(timeout=timeout)  # type: ignore[arg-type]  # a float works (ServiceApi)
+        wandb.Api(timeout=wait)  # type: ignore[arg-type]  # a float works (ServiceApi)
     except wandb.errors.AuthenticationError as exc:
         cause = exc.__cause__
         status = getattr(getattr(cause, "response", None), "http_status", 0)
