@@ -4,6 +4,7 @@ check against torch. Fails the job if the exported model disagrees with the trai
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import os
 import warnings
@@ -12,7 +13,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .errors import TrainjobError
+from .errors import StorageError, TrainjobError
 
 PARITY_TOLERANCE = 1e-4  # max |onnxruntime - torch| on a test batch; measured ~3e-7 in fp32
 
@@ -34,7 +35,21 @@ def export_onnx(
     cpu_model = cpu_model.to(memory_format=torch.contiguous_format)
     sample = sample.float().cpu().contiguous()
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _export(cpu_model, sample, tmp, exporter)
+        with open(tmp, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except OSError as exc:  # disk full (ENOSPC), file size limit (EFBIG), read-only folder
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise StorageError(
+            f"could not write {path}: {exc.strerror or exc}; the previous file is kept"
+        ) from None
+
+
+def _export(cpu_model: nn.Module, sample: torch.Tensor, tmp: Path, exporter: str) -> None:
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # the exporters' deprecation chatter, not actionable
         if exporter == "dynamo":
@@ -60,9 +75,6 @@ def export_onnx(
                 dynamic_axes={"images": {0: "batch"}, "logits": {0: "batch"}},
                 dynamo=False,
             )
-    with open(tmp, "rb") as fh:
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
 
 
 def check_onnx(model: nn.Module, path: Path, batch: torch.Tensor) -> float:

@@ -20,7 +20,7 @@ from typing import Any
 import wandb
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 from .settings import Settings
 from .wandb_env import base_url, has_api_key, redact, resolve_mode
 
@@ -82,7 +82,13 @@ class Tracker:
             return
         inside = Path(self.run.dir) / path.name
         if path.resolve() != inside.resolve():
-            shutil.copyfile(path, inside)
+            try:
+                shutil.copyfile(path, inside)
+            except OSError as exc:
+                raise StorageError(
+                    f"could not copy {path} into the run folder {inside.parent}: "
+                    f"{exc.strerror or exc}; {path} itself is complete"
+                ) from None
         self.run.save(str(inside), base_path=self.run.dir, policy="now")
         artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=dict(metadata))
         artifact.add_file(str(inside), name=path.name)
