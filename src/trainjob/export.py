@@ -15,7 +15,10 @@ from torch import nn
 
 from .errors import StorageError, TrainjobError
 
-PARITY_TOLERANCE = 1e-4  # max |onnxruntime - torch| on a test batch; measured ~3e-7 in fp32
+# max |onnxruntime - torch| on a test batch, relative to the largest logit when that is > 1:
+# measured ~3e-7 in fp32 for normal logits; a run at learning rate 10 has logits ~1e6-1e7 and
+# differs by ~30 in absolute terms, which is fp32 rounding, not a broken export.
+PARITY_TOLERANCE = 1e-4
 
 
 class ExportError(TrainjobError):
@@ -90,8 +93,9 @@ def check_onnx(model: nn.Module, path: Path, batch: torch.Tensor) -> float:
         expected = cpu_model(x).numpy()
     (got,) = session.run(["logits"], {"images": x.numpy()})
     diff = float(abs(got - expected).max())
-    if not diff <= PARITY_TOLERANCE:
+    tolerance = PARITY_TOLERANCE * max(1.0, float(abs(expected).max()))
+    if not diff <= tolerance:
         raise ExportError(
-            f"ONNX model {path} disagrees with torch: max abs diff {diff:.3g} > {PARITY_TOLERANCE}"
+            f"ONNX model {path} disagrees with torch: max abs diff {diff:.3g} > {tolerance:.3g}"
         )
     return diff
