@@ -104,10 +104,9 @@ def sync_printed_command(result, tmp: Path, data: Path) -> tuple[list[int], list
         return server.uploaded_steps(), local
 
 
+@pytest.mark.parametrize("outage", ["refuse"], indirect=True)  # the same job as above
 def test_printed_sync_command_uploads_every_step(outage, tmp_path: Path, tiny_data: Path) -> None:
-    mode, _, result, _ = outage
-    if mode != "refuse":
-        pytest.skip("one sync is enough")
+    _, _, result, _ = outage
     uploaded, local = sync_printed_command(result, tmp_path, tiny_data)
     assert uploaded == local and set(ALL_STEPS) <= set(uploaded)
 

@@ -98,8 +98,8 @@ def _one_line(text: str) -> str:
 
 
 def load_settings(argv: Sequence[str]) -> Settings:
-    """Settings from env + flags, or a ConfigError with one line (several problems: joined
-    with '; '). Found by fuzzing (tests/test_resilience_fuzz.py): never anything else."""
+    """Settings from env + flags, or a ConfigError whose message is one line (several problems
+    are joined with '; '); tests/test_resilience_fuzz.py checks that nothing else escapes."""
     try:
         return _load_settings(argv)
     except ConfigError as exc:

@@ -4,6 +4,11 @@ W&B's tutorial calls ``wandb.init`` again inside ``train_log``; with wandb 0.31 
 the active run and the ``watch`` hooks then crash (see shared/FACTS.md). So the job creates
 exactly one run here and hands a ``Tracker`` to the loop. ``WANDB_MODE=disabled`` gives a
 run object with the same methods: no ``if wandb:`` anywhere else.
+
+A W&B server that is down, slow or gone never stops or hangs a job (issue 7): ``choose_mode``
+bounds the first contact and falls back offline in this process, ``Tracker.finish`` bounds the
+final upload, and the job prints the exact ``wandb sync`` command for whatever the server has
+not got. tests/test_resilience_wandb.py runs each case against a local fake server.
 """
 
 from __future__ import annotations
@@ -35,7 +40,7 @@ class Tracker:
         self.mode = mode
         self.finish_timeout = finish_timeout
         self.server_timeout = server_timeout
-        self.upload_incomplete = False  # online, but run.finish() gave up on the server
+        self.upload_incomplete = False  # online, but the server went away before the end
 
     @property
     def enabled(self) -> bool:
