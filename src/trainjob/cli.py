@@ -93,8 +93,22 @@ def check_unknown_env() -> None:
             raise ConfigError(f"{key} is not a trainjob setting{hint}")
 
 
+def _one_line(text: str) -> str:
+    """A value holding a newline or another control character must not break the one-line
+    error contract: such characters are shown escaped, as ``repr`` would."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
 def load_settings(argv: Sequence[str]) -> Settings:
-    """Settings from env + flags, or a ConfigError with one line per problem (usually one)."""
+    """Settings from env + flags, or a ConfigError whose message is one line (several problems
+    are joined with '; '); tests/test_resilience_fuzz.py checks that nothing else escapes."""
+    try:
+        return _load_settings(argv)
+    except ConfigError as exc:
+        raise ConfigError(_one_line(str(exc))) from None
+
+
+def _load_settings(argv: Sequence[str]) -> Settings:
     check_unknown_env()
     try:
         return Settings(_cli_parse_args=list(argv))
@@ -110,7 +124,11 @@ def load_settings(argv: Sequence[str]) -> Settings:
         text = str(exc).removeprefix("error parsing CLI: ")
         if "unrecognized arguments" in text:
             names = [a.split("=")[0].lstrip("-") for a in text.split(":", 1)[1].split()]
-            close = difflib.get_close_matches(names[0], list(Settings.model_fields), n=1)
+            close = (
+                difflib.get_close_matches(names[0], list(Settings.model_fields), n=1)
+                if names
+                else []
+            )
             hint = f"; did you mean --{close[0]}?" if close else "; see trainjob --help"
             raise ConfigError(f"{text}{hint}") from None
         raise ConfigError(f"{' '.join(text.split())}; see trainjob --help") from None

@@ -18,10 +18,11 @@ from .settings import Settings
 from .wandb_env import resolve_mode
 
 
-def check_writable(*dirs: Path) -> None:
-    """Fail before any training when an output folder cannot be written (issue: a job that
-    trains for an hour and then cannot save its model)."""
-    for directory in dirs:
+def check_writable(dirs: dict[str, Path]) -> None:
+    """Fail before any training when a folder the job writes to cannot be written (a job that
+    trains for an hour and then cannot save its model). ``dirs`` maps the setting or variable
+    that names each folder to the folder."""
+    for name, directory in dirs.items():
         try:
             directory.mkdir(parents=True, exist_ok=True)
             probe = directory / f".trainjob-write-test-{os.getpid()}"
@@ -29,9 +30,23 @@ def check_writable(*dirs: Path) -> None:
             probe.unlink()
         except OSError as exc:
             raise StorageError(
-                f"{directory} is not writable ({exc.strerror or exc}); point the setting for it "
-                "at a writable folder"
+                f"{name}={directory} is not writable ({exc.strerror or exc}); point {name} at a "
+                "writable folder (or fix its permissions / free space)"
             ) from None
+
+
+def writable_dirs(settings: Settings, ckpt_dir: Path) -> dict[str, Path]:
+    """Every folder a job writes to: ours, W&B's (those set; WANDB_DIR defaults to the current
+    folder) and the temp folder."""
+    dirs = {
+        "TRAINJOB_OUTPUT_DIR": settings.output_dir,
+        "TRAINJOB_CHECKPOINT_DIR": ckpt_dir,
+        "WANDB_DIR": Path(os.environ.get("WANDB_DIR") or "."),
+    }
+    for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "TMPDIR"):
+        if os.environ.get(var):
+            dirs[var] = Path(os.environ[var])
+    return dirs
 
 
 def job_checkpoint_dir(settings: Settings) -> Path:
@@ -77,7 +92,8 @@ def run(settings: Settings) -> int:
     started = time.perf_counter()
     resolve_mode()  # a bad WANDB_MODE fails here, before any data is touched
     ckpt_dir = job_checkpoint_dir(settings)
-    check_writable(settings.output_dir, ckpt_dir, Path(os.environ.get("WANDB_DIR") or "."))
+    check_writable(writable_dirs(settings, ckpt_dir))
+    wandb_mode = tracking.choose_mode(settings)  # bad key: exit 2 here; no server: offline
 
     device = runtime.select_device(settings.device)
     threads = runtime.configure(settings.threads, device)
@@ -119,7 +135,7 @@ def run(settings: Settings) -> int:
         "env": runtime.environment(device, threads),
     }
     print(f"trainjob: {json.dumps(extra['env'])}", file=sys.stderr)
-    tracker = tracking.start(settings, extra, run_id=run_id)
+    tracker = tracking.start(settings, extra, run_id=run_id, mode=wandb_mode)
     saver.meta = {"run_id": tracker.run_id, "config": settings.run_config()}
     # Resuming into a run whose history already has rows: log only the steps after them, and
     # watch from the first new row on (see resume.py).
@@ -198,13 +214,10 @@ def run(settings: Settings) -> int:
         tracker.finish(exit_code=int(exit_code))
         write_run_record(settings, tracker, int(exit_code), summary)
         saver.uninstall()
-        if tracker.sync_command():
-            print(f"trainjob: offline run saved; upload it later with: {tracker.sync_command()}")
-        if resume.sync_command(tracker):
-            print(
-                "trainjob: this run's history is split over one folder per process (resumed); "
-                f"upload them together, oldest first: {resume.sync_command(tracker)}"
-            )
+        # A resumed offline run is split over one folder per process: upload them together.
+        command = resume.sync_command(tracker) or tracker.sync_command()
+        if command:
+            print(f"trainjob: run saved locally; upload it with: {command}")
 
     # A finished job leaves no checkpoint behind, so running the command again starts a new run
     # instead of "resuming" a completed one. Only now: a job killed before its run was finished

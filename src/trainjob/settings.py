@@ -40,6 +40,7 @@ RUNTIME_FIELDS = frozenset(
         "sweep_count",
         "max_consecutive_failures",
         "wandb_init_timeout",
+        "wandb_finish_timeout",
         "threads",
         "progress",
         "device",
@@ -117,6 +118,12 @@ class Settings(BaseSettings):
     log_every: int = Field(25, gt=0, description="Log loss/epoch every n batches.")
     wandb_init_timeout: float = Field(
         15.0, gt=0, le=600, description="Seconds to wait for the W&B server before going offline."
+    )
+    wandb_finish_timeout: float = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds run.finish() waits for uploads; the rest stays for `wandb sync`.",
     )
 
     # --- where things go -----------------------------------------------------------------------

@@ -4,13 +4,20 @@ W&B's tutorial calls ``wandb.init`` again inside ``train_log``; with wandb 0.31 
 the active run and the ``watch`` hooks then crash (see shared/FACTS.md). So the job creates
 exactly one run here and hands a ``Tracker`` to the loop. ``WANDB_MODE=disabled`` gives a
 run object with the same methods: no ``if wandb:`` anywhere else.
+
+A W&B server that is down, slow or gone never stops or hangs a job (issue 7): ``choose_mode``
+bounds the first contact and falls back offline in this process, ``Tracker.finish`` bounds the
+final upload, and the job prints the exact ``wandb sync`` command for whatever the server has
+not got. tests/test_resilience_wandb.py runs each case against a local fake server.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import sys
+import time
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -18,17 +25,22 @@ from typing import Any
 import wandb
 from torch import nn
 
-from .errors import ConfigError
+from .errors import ConfigError, StorageError
 from .settings import Settings
-from .wandb_env import resolve_mode
+from .wandb_env import base_url, has_api_key, redact, resolve_mode
 
 
 class Tracker:
     """The small interface the rest of trainjob sees: log, watch, summary, model, finish."""
 
-    def __init__(self, run: Any, mode: str) -> None:
+    def __init__(
+        self, run: Any, mode: str, finish_timeout: float = 0.0, server_timeout: float = 15.0
+    ) -> None:
         self.run = run
         self.mode = mode
+        self.finish_timeout = finish_timeout
+        self.server_timeout = server_timeout
+        self.upload_incomplete = False  # online, but the server went away before the end
 
     @property
     def enabled(self) -> bool:
@@ -46,9 +58,16 @@ class Tracker:
         return Path(self.run.dir).parent
 
     def sync_command(self) -> str | None:
-        if self.mode != "offline" or self.run_dir is None:
+        """The exact command that uploads what the server has not got, or None if nothing is
+        missing. An online run whose upload gave up needs ``--no-skip-online``: ``wandb sync``
+        skips online runs by default."""
+        if self.run_dir is None:
             return None
-        return f"wandb sync {self.run_dir}"
+        if self.mode == "offline":
+            return f"wandb sync {self.run_dir}"
+        if self.upload_incomplete:
+            return f"wandb sync --no-skip-online {self.run_dir}"
+        return None
 
     def log(self, metrics: Mapping[str, float | int], step: int) -> None:
         self.run.log(dict(metrics), step=step)
@@ -68,24 +87,91 @@ class Tracker:
             return
         inside = Path(self.run.dir) / path.name
         if path.resolve() != inside.resolve():
-            shutil.copyfile(path, inside)
+            try:
+                shutil.copyfile(path, inside)
+            except OSError as exc:
+                raise StorageError(
+                    f"could not copy {path} into the run folder {inside.parent}: "
+                    f"{exc.strerror or exc}; {path} itself is complete"
+                ) from None
         self.run.save(str(inside), base_path=self.run.dir, policy="now")
         artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=dict(metadata))
         artifact.add_file(str(inside), name=path.name)
-        self.run.log_artifact(artifact)
+        if self.mode != "offline" and not _server_answers(self.server_timeout):
+            # Online, log_artifact first asks the server (wandb.Api) and, with the server gone,
+            # raises instead of skipping that optional check (wandb 0.31, wandb_run.py
+            # _assert_can_log_artifact catches only WandbApiFailedError).
+            self._server_lost(f"the model artifact was not logged; {path.name} is in the run files")
+            return
+        try:
+            self.run.log_artifact(artifact)
+        except wandb.errors.CommError:
+            self._server_lost(f"the model artifact was not logged; {path.name} is in the run files")
+
+    def _server_lost(self, what: str) -> None:
+        self.upload_incomplete = True
+        _quiet_telemetry()
+        print(
+            f"trainjob: warning: the W&B server {base_url()} stopped answering; {what}",
+            file=sys.stderr,
+            flush=True,
+        )
 
     def finish(self, exit_code: int = 0) -> None:
-        self.run.finish(exit_code=exit_code)
+        """Finish the run, recording ``exit_code`` (non-zero: W&B marks the run failed).
+
+        Online, this waits at most ``wandb_finish_timeout`` s for the server: a server that died
+        mid-run does not hang the job; everything is in the run folder for ``wandb sync``."""
+        try:
+            self.run.finish(exit_code=exit_code)
+        except TimeoutError:
+            self.upload_incomplete = True
+            _quiet_telemetry()
+            print(
+                f"trainjob: warning: the W&B server did not take the run's data within "
+                f"TRAINJOB_WANDB_FINISH_TIMEOUT={self.finish_timeout:g}s; nothing is lost: "
+                f"every step is in {self.run_dir}",
+                file=sys.stderr,
+                flush=True,
+            )
+
+
+def choose_mode(settings: Settings) -> str:
+    """The W&B mode this job will really use, decided before any data is loaded.
+
+    Online, the server gets ``wandb_init_timeout`` seconds to answer a credential check: a
+    server that rejects the key is a ConfigError (exit 2) before any training; one that cannot be
+    reached (refused, DNS, 5xx, a hanging proxy) means the job goes on offline, in this process.
+    """
+    mode = resolve_mode()
+    if mode not in ("online", "shared"):
+        return mode
+    if not has_api_key():
+        raise ConfigError(
+            f"WANDB_MODE={mode} but no W&B API key is configured; set WANDB_API_KEY (from a "
+            "secret) or use WANDB_MODE=offline"
+        )
+    started = time.monotonic()
+    reason = check_server(settings.wandb_init_timeout)
+    if reason is None:
+        return mode
+    _going_offline(f"{reason}; waited {time.monotonic() - started:.1f}s")
+    return "offline"
 
 
 def start(
     settings: Settings,
     extra_config: Mapping[str, Any],
     run_id: str | None = None,
+    mode: str | None = None,
 ) -> Tracker:
-    """Create the job's one W&B run. ``run_id`` (from a checkpoint or TRAINJOB_RUN_ID) resumes
-    into that run instead of starting a duplicate."""
-    mode = resolve_mode()
+    """Create the job's one W&B run in ``mode`` (default: ``choose_mode``). ``run_id`` (from a
+    checkpoint or TRAINJOB_RUN_ID) resumes into that run instead of starting a duplicate.
+
+    If the server stops answering between the check and ``wandb.init`` (``CommError`` after
+    ``wandb_init_timeout`` s), the run is created offline instead, in this process.
+    """
+    mode = mode or choose_mode(settings)
     config = {**settings.run_config(), **extra_config}
     kwargs: dict[str, Any] = {
         "project": settings.resolved_project,
@@ -93,7 +179,7 @@ def start(
         "name": settings.run_name,
         "group": settings.group,
         "job_type": "train",
-        "settings": wandb.Settings(init_timeout=settings.wandb_init_timeout),
+        "settings": _wandb_settings(settings),
     }
     # Inside a W&B sweep the agent owns the run id: never set one there (W&B's own rule).
     if run_id and not os.environ.get("WANDB_SWEEP_ID"):
@@ -101,16 +187,89 @@ def start(
     try:
         run = wandb.init(mode=mode, **kwargs)
     except wandb.errors.AuthenticationError:
-        raise ConfigError(
-            "WANDB_API_KEY was rejected by the W&B server; set a valid key or WANDB_MODE=offline"
-        ) from None
+        raise ConfigError(REJECTED.format(url=base_url(), status="at wandb.init")) from None
     except wandb.errors.CommError as exc:
-        if mode != "online":
+        if mode == "offline":
             raise
-        print(
-            f"trainjob: W&B server unreachable ({type(exc).__name__}); continuing offline",
-            file=sys.stderr,
-        )
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        _going_offline(f"wandb.init: {redact(first_line)}")
         mode = "offline"
         run = wandb.init(mode=mode, **kwargs)
-    return Tracker(run, mode)
+    return Tracker(run, mode, settings.wandb_finish_timeout, settings.wandb_init_timeout)
+
+
+def _going_offline(reason: str) -> None:
+    _quiet_telemetry()
+    print(
+        f"trainjob: W&B server {base_url()} unreachable ({reason}); continuing offline: every "
+        "step is kept on disk for `wandb sync`",
+        file=sys.stderr,
+        flush=True,
+    )
+
+
+REJECTED = (
+    "the W&B server {url} rejected WANDB_API_KEY ({status}); set a valid key (wandb.ai/authorize) "
+    "or WANDB_MODE=offline"
+)
+
+
+def _wandb_settings(settings: Settings) -> wandb.Settings:
+    return wandb.Settings(
+        init_timeout=settings.wandb_init_timeout,
+        # wandb.init would otherwise spend up to 2 x 5 s asking the server who the key belongs
+        # to (wandb/sdk/lib/identity.py) *before* init_timeout starts; check_server() has
+        # already done that, within the job's own timeout.
+        x_disable_viewer=True,
+        # run.finish() waits for uploads forever by default; a server that died mid-run would
+        # hang the job. After this many seconds it gives up: the data stays in the run folder.
+        finish_timeout=settings.wandb_finish_timeout,
+        finish_timeout_raises=True,
+    )
+
+
+SERVICE_START_S = 1.0
+
+
+def _quiet_telemetry() -> None:
+    """Stop wandb's own usage telemetry, which it sends to WANDB_BASE_URL: with that server
+    unreachable, flushing it at exit blocks the process for 10-16 s (measured with a hanging
+    server; wandb/analytics/opentelemetry/opentelemetry_proxy.py). Best effort: private API."""
+    with contextlib.suppress(Exception):
+        from wandb.analytics.opentelemetry import opentelemetry_proxy
+
+        opentelemetry_proxy.disable()
+
+
+def _server_answers(timeout: float) -> bool:
+    try:
+        return check_server(timeout) is None
+    except ConfigError:  # the key stopped working mid-run: still "not answering" for us
+        return False
+
+
+def check_server(timeout: float) -> str | None:
+    """Ask the W&B server who the credentials belong to, waiting at most ``timeout`` seconds.
+
+    Returns None when it answered, a short reason when it cannot be reached; raises ConfigError
+    when it rejects the key (HTTP 401/403) or the key is malformed. ``wandb.Api()`` verifies the
+    key through wandb-core and chains the failed request (with its HTTP status) as the cause.
+    """
+    # The wait below starts once wandb-core runs; starting it took 0.4-0.9 s here: keep 1 s of
+    # the budget for that, so that the whole check stays within ``timeout``.
+    wait = max(timeout - SERVICE_START_S, timeout / 2)
+    try:
+        wandb.Api(timeout=wait)  # type: ignore[arg-type]  # a float works (ServiceApi)
+    except wandb.errors.AuthenticationError as exc:
+        cause = exc.__cause__
+        status = getattr(getattr(cause, "response", None), "http_status", 0)
+        if cause is None:  # rejected locally: a malformed key (wbauth.validation.check_api_key)
+            raise ConfigError(redact(f"W&B credentials are invalid: {exc}")) from None
+        if status in (401, 403):
+            raise ConfigError(REJECTED.format(url=base_url(), status=f"HTTP {status}")) from None
+        if status:
+            return f"HTTP {status}"
+        return f"no answer within {timeout:g}s"
+    except wandb.errors.UsageError as exc:  # no credentials found after all
+        raise ConfigError(redact(f"W&B credentials: {exc}")) from None
+    return None

@@ -104,6 +104,11 @@ def train(
     batches = math.ceil(n / cfg.batch_size)
     model.train()
     last_log_time, last_log_examples = time.perf_counter(), progress.examples_seen
+    # Divergence: on CPU every step's loss is checked (reading a CPU scalar costs nothing); on
+    # CUDA that read would sync every step, so a device-side flag collects non-finite losses
+    # and is read at each log interval and epoch end: a NaN stops the run within log_every steps.
+    per_step = device.type != "cuda"
+    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     while progress.epoch < cfg.epochs:
         epoch = progress.epoch
         order = epoch_order(n, cfg.seed, epoch, device)
@@ -118,13 +123,13 @@ def train(
             optimizer.zero_grad(set_to_none=True)
             progress.batch, progress.step = b + 1, progress.step + 1
             progress.examples_seen += int(idx.shape[0])
+            if per_step:
+                _check_finite(loss.item(), progress)  # CPU: not a sync
+            else:
+                nonfinite |= ~torch.isfinite(loss.detach())  # no sync: read at log intervals
             if progress.step % cfg.log_every == 0:
                 value = loss.item()  # SYNC POINT: the only one in the loop, every log_every steps
-                if not math.isfinite(value):
-                    raise DivergedError(
-                        f"loss became {value} at step {progress.step} (epoch {epoch}); lower "
-                        "TRAINJOB_LEARNING_RATE or check the data"
-                    )
+                _check_finite(math.nan if nonfinite.item() else value, progress)
                 now = time.perf_counter()
                 rate = (progress.examples_seen - last_log_examples) / max(now - last_log_time, 1e-9)
                 last_log_time, last_log_examples = now, progress.examples_seen
@@ -139,9 +144,18 @@ def train(
             hooks.after_step(progress)
         if pbar is not None:
             pbar.close()
+        _check_finite(math.nan if nonfinite.item() else 0.0, progress)  # SYNC: once per epoch
         progress.epoch, progress.batch = epoch + 1, 0
         hooks.after_epoch(progress)
     return progress
+
+
+def _check_finite(value: float, progress: Progress) -> None:
+    if not math.isfinite(value):
+        raise DivergedError(
+            f"loss became {value} by step {progress.step} (epoch {progress.epoch}); the run is "
+            "marked failed: lower TRAINJOB_LEARNING_RATE or check the data"
+        )
 
 
 @torch.no_grad()

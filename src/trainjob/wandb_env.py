@@ -10,16 +10,40 @@ from urllib.parse import urlparse
 from .errors import ConfigError
 
 
-def has_api_key() -> bool:
-    """True when wandb would find a key: WANDB_API_KEY or a ``wandb login`` netrc entry."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    host = urlparse(os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai")).hostname
+def base_url() -> str:
+    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+
+
+def _netrc_key() -> str | None:
+    host = urlparse(base_url()).hostname
     try:
         path = os.environ.get("NETRC") or os.path.expanduser("~/.netrc")
-        return bool(host and netrc.netrc(path).authenticators(host))
+        entry = netrc.netrc(path).authenticators(host) if host else None
     except (OSError, netrc.NetrcParseError):
-        return False
+        return None
+    return entry[2] if entry else None
+
+
+def has_api_key() -> bool:
+    """True when wandb would find credentials: WANDB_API_KEY, a ``wandb login`` netrc entry, or
+    an identity token file (federated identity)."""
+    return bool(
+        os.environ.get("WANDB_API_KEY")
+        or os.environ.get("WANDB_IDENTITY_TOKEN_FILE")
+        or _netrc_key()
+    )
+
+
+def redact(text: str) -> str:
+    """``text`` with the W&B API key (from the environment or netrc) replaced by ``***``.
+
+    Every message trainjob builds from a W&B error goes through here: the key must never reach
+    a log, a terminal or an exception message (issue 7), whatever a library puts in its errors.
+    """
+    for secret in (os.environ.get("WANDB_API_KEY"), _netrc_key()):
+        if secret and len(secret) >= 8:
+            text = text.replace(secret, "***")
+    return text
 
 
 def resolve_mode() -> str:

@@ -1,0 +1,192 @@
+"""A stand-in W&B server on 127.0.0.1 for the failure tests (issue 7), run as a child process.
+
+Modes: ``ok`` (answers the few GraphQL calls wandb-core makes for a run and takes file_stream
+uploads), ``500`` (every request fails), ``401`` (every request is unauthorized), ``hang``
+(accepts and never answers). ``--die-on-stream N``: in ``ok`` mode the process exits
+(``os._exit``: the kernel closes every socket, as when a server dies) when the N-th file_stream
+upload arrives; wandb-core sends the first right after ``wandb.init``, so N=1 is a server that
+dies once the run exists, before any history reached it. Each request is appended to ``--log``
+as one JSON line.
+
+    python tests/fake_wandb.py --mode ok --log /tmp/requests.jsonl   # prints the port
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+from typing import Any
+
+ENTITY = "fake-entity"
+
+
+def _graphql_answer(base: str, op: str, variables: dict[str, Any]) -> dict[str, Any]:
+    if op == "Viewer":
+        viewer = {"id": "VXNlcjox", "entity": ENTITY, "username": "fake", "email": "f@example.com"}
+        return {"viewer": {**viewer, "flags": "{}", "teams": {"edges": []}}}
+    if op == "UpsertBucket":
+        name = variables.get("name") or "run"
+        project = {"id": "UHJvamVjdDox", "name": variables.get("project") or "p"}
+        project["entity"] = {"id": "RW50aXR5OjE=", "name": ENTITY}
+        bucket = {"id": "UnVuOjE=", "name": name, "displayName": variables.get("displayName")}
+        bucket.update(description="", config="{}", sweepName=None, historyLineCount=0)
+        return {"upsertBucket": {"bucket": {**bucket, "project": project}, "inserted": True}}
+    if op == "ServerFeaturesQuery":
+        return {"serverInfo": {"features": []}}
+    if op == "CreateRunFiles":
+        files = [{"name": f, "uploadUrl": f"{base}/upload/{f}"} for f in variables["files"]]
+        return {"createRunFiles": {"runID": "UnVuOjE=", "uploadHeaders": [], "files": files}}
+    # The model artifact (tracking.Tracker.save_model): create, manifest, files, commit.
+    artifact = {"id": "QXJ0aWZhY3Q6MQ==", "state": "PENDING", "digest": "fake"}
+    if op == "CreateArtifact":
+        artifact["artifactSequence"] = {"latestArtifact": None}
+        return {"createArtifact": {"artifact": artifact}}
+    if op in ("CreateArtifactManifest", "UpdateArtifactManifest"):
+        upload = {"id": "RmlsZTox", "uploadUrl": f"{base}/upload/manifest", "uploadHeaders": []}
+        key = op[0].lower() + op[1:]
+        return {key: {"artifactManifest": {"id": "TWFuaWZlc3Q6MQ==", "file": upload}}}
+    if op == "CreateArtifactFiles":
+        wanted = variables["input"]["artifactFiles"]
+        edges = [
+            {
+                "node": {
+                    "storagePath": f"fake/{i}",
+                    "uploadUrl": f"{base}/upload/artifact-{i}",
+                    "uploadHeaders": [],
+                    "uploadMultipartUrls": None,
+                    "artifact": {"id": artifact["id"]},
+                }
+            }
+            for i, _ in enumerate(wanted)
+        ]
+        return {"createArtifactFiles": {"files": {"edges": edges}}}
+    if op in ("CommitArtifact", "UseArtifact"):
+        return {op[0].lower() + op[1:]: {"artifact": artifact}}
+    return {}
+
+
+def serve(mode: str, log: Path, die_on_stream: int) -> None:
+    lock = threading.Lock()
+    streams = {"n": 0}
+
+    class Handler(BaseHTTPRequestHandler):
+        protocol_version = "HTTP/1.1"
+
+        def log_message(self, *args: object) -> None:
+            return None
+
+        def do_GET(self) -> None:
+            self._answer()
+
+        def do_POST(self) -> None:
+            self._answer()
+
+        def do_PUT(self) -> None:
+            self._answer()
+
+        def _answer(self) -> None:
+            length = int(self.headers.get("Content-Length") or 0)
+            body = self.rfile.read(length) if length else b""
+            entry: dict[str, Any] = {"method": self.command, "path": self.path}
+            payload: Any = {}
+            if self.path.startswith("/graphql"):
+                request = json.loads(body or b"{}")
+                entry["op"] = request.get("operationName")
+                base = f"http://{self.headers.get('Host')}"
+                variables = request.get("variables") or {}
+                payload = {"data": _graphql_answer(base, entry["op"], variables)}
+            elif self.path.endswith("/file_stream"):
+                files = json.loads(body or b"{}").get("files", {})
+                rows = files.get("wandb-history.jsonl", {}).get("content", [])
+                entry["history"] = [json.loads(row)["_step"] for row in rows]
+            with lock, open(log, "a") as fh:
+                fh.write(json.dumps(entry) + "\n")
+                streams["n"] += "history" in entry
+                dying = 0 < die_on_stream <= streams["n"]
+            if mode == "hang":
+                time.sleep(3600)
+                return
+            if dying:
+                os._exit(0)  # the server dies: every socket closes at once, nothing answers
+            status = {"500": 500, "401": 401}.get(mode, 200)
+            if status != 200:
+                payload = {"errors": [{"message": f"fake server answers {status}"}]}
+            out = json.dumps(payload).encode()
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(out)))
+            self.end_headers()
+            self.wfile.write(out)
+
+    class Server(ThreadingHTTPServer):
+        daemon_threads = True
+
+        def handle_error(self, *args: object) -> None:
+            return None  # clients that give up mid-request are what these tests are about
+
+    server = Server(("127.0.0.1", 0), Handler)
+    print(server.server_address[1], flush=True)
+    server.serve_forever()
+
+
+def closed_port() -> int:
+    """A port on 127.0.0.1 that nothing listens on (connections are refused)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+class FakeServer:
+    def __init__(self, proc: subprocess.Popen[str] | None, url: str, log: Path) -> None:
+        self.proc, self.url, self.log = proc, url, log
+
+    def requests(self) -> list[dict[str, Any]]:
+        if not self.log.is_file():
+            return []
+        return [json.loads(line) for line in self.log.read_text().splitlines() if line]
+
+    def uploaded_steps(self) -> list[int]:
+        return [step for r in self.requests() for step in r.get("history", [])]
+
+    @property
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+
+@contextlib.contextmanager
+def fake_wandb(mode: str, tmp: Path, die_on_stream: int = 0) -> Iterator[FakeServer]:
+    """``mode`` as above, or ``refuse`` for a closed port (no process at all)."""
+    log = tmp / f"fake-wandb-{mode}.jsonl"
+    if mode == "refuse":
+        yield FakeServer(None, f"http://127.0.0.1:{closed_port()}", log)
+        return
+    args = ["--mode", mode, "--log", str(log), "--die-on-stream", str(die_on_stream)]
+    proc = subprocess.Popen(
+        [sys.executable, __file__, *args], stdout=subprocess.PIPE, text=True, env=dict(os.environ)
+    )
+    try:
+        assert proc.stdout is not None
+        port = int(proc.stdout.readline())
+        yield FakeServer(proc, f"http://127.0.0.1:{port}", log)
+    finally:
+        proc.kill()
+        proc.wait(timeout=10)
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--mode", choices=["ok", "500", "401", "hang"], required=True)
+    parser.add_argument("--log", type=Path, required=True)
+    parser.add_argument("--die-on-stream", type=int, default=0)
+    ns = parser.parse_args()
+    serve(ns.mode, ns.log, ns.die_on_stream)
