@@ -149,6 +149,9 @@ def test_diverging_job_exits_4_and_marks_the_run_failed(tiny_data: Path, tmp_pat
     assert "test_accuracy" not in run.summary
     assert not (tmp_path / "outputs" / "model.onnx").exists()  # no model from a diverged run
     assert f"wandb sync {run_dir}" in result.stdout  # the failed run can still be uploaded
+    # The epoch-0 checkpoint is gone: a rerun with a lower learning rate starts clean instead
+    # of being refused for resuming with other settings.
+    assert not list((tmp_path / "outputs" / "checkpoints").glob("ckpt-*"))
 
 
 def test_huge_learning_rate_alone_is_not_divergence(tiny_data: Path, tmp_path: Path) -> None:

@@ -139,4 +139,7 @@ def wants_help(argv: Sequence[str]) -> bool:
 
 
 def print_help() -> None:
-    print(help_text(), file=sys.stdout)
+    try:
+        print(help_text(), file=sys.stdout, flush=True)
+    except BrokenPipeError:  # `trainjob --help | head`: the reader left, which is fine
+        sys.stdout = None  # type: ignore[assignment]  # no second error at interpreter exit

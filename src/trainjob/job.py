@@ -207,6 +207,11 @@ def run(settings: Settings) -> int:
         raise
     except TrainjobError as exc:
         exit_code = exc.exit_code
+        if exit_code == ExitCode.DIVERGED:
+            # Resuming a diverged run diverges again: its checkpoints would only stand in the
+            # way of a rerun with a lower learning rate (a settings change refuses to resume).
+            for path in checkpoint.checkpoints(ckpt_dir):
+                path.unlink(missing_ok=True)
         raise
     finally:
         # Handlers stay installed through finish: a SIGTERM after training only sets the flag
