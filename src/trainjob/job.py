@@ -87,7 +87,7 @@ def run(settings: Settings) -> int:
 
     from . import checkpoint, data, export, resume, runtime, tracking
     from .model import ConvNet
-    from .train import LoopConfig, Progress, evaluate, train
+    from .train import LoopConfig, LoopStats, Progress, evaluate, make_optimizer, train
 
     started = time.perf_counter()
     resolve_mode()  # a bad WANDB_MODE fails here, before any data is touched
@@ -109,7 +109,7 @@ def run(settings: Settings) -> int:
     if settings.channels_last:
         model = model.to(memory_format=torch.channels_last)
     criterion = torch.nn.CrossEntropyLoss()
-    optimizer = torch.optim.Adam(model.parameters(), lr=settings.learning_rate)
+    optimizer = make_optimizer(model, settings.learning_rate)
 
     saver = checkpoint.Checkpointer(
         ckpt_dir,
@@ -166,6 +166,7 @@ def run(settings: Settings) -> int:
         channels_last=settings.channels_last,
         bf16=settings.amp == "bf16",
         progress_bar=settings.progress,
+        lr_schedule=settings.lr_schedule,
     )
     exit_code = ExitCode.CRASHED
     summary: dict[str, Any] = {}
@@ -175,8 +176,18 @@ def run(settings: Settings) -> int:
             checkpoint.restore_rng(state["rng"])  # last, so that nothing in setup draws from it
         train_start = time.perf_counter()
         start_examples = progress.examples_seen
+        stats = LoopStats()
         progress = train(
-            train_model, optimizer, criterion, dataset.train, cfg, history, progress, saver, tqdm
+            train_model,
+            optimizer,
+            criterion,
+            dataset.train,
+            cfg,
+            history,
+            progress,
+            saver,
+            tqdm,
+            stats,
         )
         train_s = time.perf_counter() - train_start
         accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, saver, progress)
@@ -193,6 +204,9 @@ def run(settings: Settings) -> int:
             "test_accuracy": accuracy,
             "perf/samples_per_s": samples_per_s,
             "perf/train_s": train_s,
+            "perf/steady_samples_per_s": stats.steady_samples_per_s(),
+            # steps that met a new batch shape; with compile on, that is the compile time
+            f"perf/{'compile' if settings.compile else 'warmup'}_s": stats.warmup_s,
             "onnx/max_abs_diff": diff,
             "examples_seen": progress.examples_seen,
             "weights_sha256": checkpoint.weights_sha256(model),
@@ -233,7 +247,8 @@ def run(settings: Settings) -> int:
     wall = time.perf_counter() - started
     print(
         f"trainjob: done. test_accuracy={accuracy:.4f}  samples/s={samples_per_s:,.0f}  "
-        f"wall={wall:.1f}s\n  run:   {tracker.run_dir or '(tracking disabled)'}\n"
+        f"steady_samples/s={stats.steady_samples_per_s():.0f}  wall={wall:.1f}s\n"
+        f"  run:   {tracker.run_dir or '(tracking disabled)'}\n"
         f"  model: {model_path.resolve()}"
     )
     return int(ExitCode.OK)

@@ -84,6 +84,9 @@ class Settings(BaseSettings):
         5, gt=0, le=10_000, description="Keep every n-th example, the tutorial's [::5]; 1 = all."
     )
     seed: int = Field(0, ge=0, le=2**31 - 1, description="Seed for weights and shuffling.")
+    lr_schedule: Literal["none", "onecycle"] = Field(
+        "none", description="none (constant, the tutorial's) or onecycle (warm up, cosine to 0)."
+    )
 
     # --- speed (results are identical on CPU whatever these are, except amp) -----------------
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")

@@ -1,8 +1,12 @@
 """The training loop: pure PyTorch, no W&B import; the tracker and hooks are passed in.
 
 One flat loop in a fixed order (nanoGPT's ``train.py``): forward -> loss -> backward -> step ->
-``zero_grad(set_to_none=True)`` -> log at intervals. The only host/device sync points are named
-in comments and happen once per ``log_every`` batches and once per evaluation.
+``zero_grad(set_to_none=True)`` -> log at intervals. The host/device sync points are named in
+comments (``SYNC POINT``): once per ``log_every`` batches, once per epoch (timing), on the few
+warm-up steps that see a new batch shape (compile/autotune timing), and once per evaluation.
+Everything else (the epoch's permutation, batch gathering, uint8 -> float, the running loss)
+stays on the device. Outside this module, ``run.watch`` syncs every ``watch_freq`` batches
+(it copies histograms to the host) and a checkpoint save syncs.
 """
 
 from __future__ import annotations
@@ -11,7 +15,7 @@ import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
 import torch
@@ -65,6 +69,59 @@ class LoopConfig:
     channels_last: bool = True
     bf16: bool = False
     progress_bar: bool = True
+    lr_schedule: str = "none"  # none (the tutorial: constant) | onecycle
+
+
+@dataclass
+class LoopStats:
+    """Timing of one ``train`` call, for the summary and the benchmarks; not checkpointed.
+
+    ``epochs`` holds (examples, seconds) per epoch run in this process, *without* the warm-up
+    steps: the steps that saw a batch shape for the first time, where ``torch.compile`` compiles
+    and cuDNN autotunes; those are summed in ``warmup_s``.
+    """
+
+    epochs: list[tuple[int, float]] = field(default_factory=list)
+    warmup_s: float = 0.0
+    warmup_steps: int = 0
+
+    def steady_samples_per_s(self) -> float:
+        """Throughput in steady state: the first epoch is warm-up too (caches, allocator)
+        whenever there is a later one, as in ``bench/cpu.py``'s baseline."""
+        timed = self.epochs[1:] or self.epochs
+        seconds = sum(s for _, s in timed)
+        return sum(n for n, _ in timed) / seconds if seconds > 0 else 0.0
+
+
+def make_optimizer(model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
+    """The tutorial's Adam. ``fused=True`` runs one kernel per parameter instead of a dozen
+    (CPU and CUDA): the same algorithm, deterministic run to run; fewer launches on a GPU."""
+    params = list(model.parameters())
+    fusable = all(p.device.type in ("cpu", "cuda") and p.dtype == torch.float32 for p in params)
+    return torch.optim.Adam(params, lr=learning_rate, fused=fusable or None)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def learning_rate_at(step: int, total: int, peak: float, schedule: str) -> float:
+    """The learning rate for optimizer step ``step`` (0-based) of ``total``.
+
+    ``none`` is the tutorial's constant rate. ``onecycle`` (Smith & Topin, "Super-Convergence",
+    as in torch's ``OneCycleLR``): a cosine rise from peak/25 to ``peak`` over the first 25% of
+    the steps, then a cosine decay to 0. A pure function of the step, like ``epoch_order``: a
+    resumed job continues the schedule with no scheduler state in the checkpoint.
+    """
+    if schedule == "none":
+        return peak
+    warm = max(1, round(0.25 * total))
+    if step < warm:
+        low = peak / 25
+        return low + (peak - low) * (1 - math.cos(math.pi * step / warm)) / 2
+    t = min(1.0, (step - warm) / max(1, total - warm))
+    return peak * (1 + math.cos(math.pi * t)) / 2
 
 
 def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Tensor:
@@ -96,12 +153,16 @@ def train(
     progress: Progress,
     hooks: Hooks | None = None,
     bar: Callable[..., object] | None = None,
+    stats: LoopStats | None = None,
 ) -> Progress:
     """Train from ``progress`` to the end of ``cfg.epochs``; returns the final progress."""
     hooks = hooks or Hooks()
+    stats = stats if stats is not None else LoopStats()
     device = data.images.device
     n = len(data)
     batches = math.ceil(n / cfg.batch_size)
+    peak_lr = optimizer.defaults["lr"]
+    seen_shapes: set[int] = set()
     model.train()
     last_log_time, last_log_examples = time.perf_counter(), progress.examples_seen
     # Divergence: on CPU every step's loss is checked (reading a CPU scalar costs nothing); on
@@ -111,30 +172,54 @@ def train(
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
     while progress.epoch < cfg.epochs:
         epoch = progress.epoch
+        epoch_start, epoch_examples, epoch_warmup = time.perf_counter(), 0, 0.0
         order = epoch_order(n, cfg.seed, epoch, device)
         pbar = _bar(bar, cfg, epoch, batches, progress.batch)
         for b in range(progress.batch, batches):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
+            size = int(idx.shape[0])  # host-side metadata: no sync
+            warmup = size not in seen_shapes  # a new shape: compile / autotune happens here
+            if warmup:
+                _sync(device)  # SYNC POINT: only on warm-up steps (first batch, partial batch)
+                warmup_start = time.perf_counter()
             x, y = _prepare(data.images[idx], cfg.channels_last), data.labels[idx]
             with _autocast(device, cfg.bf16):
                 loss = criterion(model(x), y)
             loss.backward()
+            if cfg.lr_schedule != "none":
+                lr = learning_rate_at(progress.step, cfg.epochs * batches, peak_lr, cfg.lr_schedule)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
             optimizer.step()
             optimizer.zero_grad(set_to_none=True)
+            if warmup:
+                _sync(device)  # SYNC POINT: as above
+                seen_shapes.add(size)
+                spent = time.perf_counter() - warmup_start
+                epoch_warmup += spent
+                stats.warmup_s += spent
+                stats.warmup_steps += 1
+            else:
+                epoch_examples += size
             progress.batch, progress.step = b + 1, progress.step + 1
-            progress.examples_seen += int(idx.shape[0])
+            progress.examples_seen += size
             if per_step:
                 _check_finite(loss.item(), progress)  # CPU: not a sync
             else:
                 nonfinite |= ~torch.isfinite(loss.detach())  # no sync: read at log intervals
             if progress.step % cfg.log_every == 0:
-                value = loss.item()  # SYNC POINT: the only one in the loop, every log_every steps
-                _check_finite(math.nan if nonfinite.item() else value, progress)
+                # SYNC POINT: the only one in steady state, every log_every steps.
+                value, bad = torch.stack([loss.detach().float(), nonfinite.float()]).tolist()
+                _check_finite(math.nan if bad else value, progress)
                 now = time.perf_counter()
                 rate = (progress.examples_seen - last_log_examples) / max(now - last_log_time, 1e-9)
                 last_log_time, last_log_examples = now, progress.examples_seen
                 tracker.log(
-                    {"epoch": epoch, "loss": value, "perf/samples_per_s": rate},
+                    {
+                        "epoch": epoch,
+                        "loss": value,
+                        "perf/samples_per_s": rate,
+                    },
                     step=progress.examples_seen,
                 )
                 if pbar is not None:
@@ -142,6 +227,8 @@ def train(
             if pbar is not None:
                 pbar.update(1)
             hooks.after_step(progress)
+        _sync(device)  # SYNC POINT: once per epoch, so the epoch's time is the GPU's time
+        stats.epochs.append((epoch_examples, time.perf_counter() - epoch_start - epoch_warmup))
         if pbar is not None:
             pbar.close()
         _check_finite(math.nan if nonfinite.item() else 0.0, progress)  # SYNC: once per epoch

@@ -1,0 +1,405 @@
+"""trainjob vs a W&B-tutorial-style loop on the CPU: steady-state samples/s, their ratio, and
+trainjob's own tracking overhead, all measured in one invocation; optionally where the wall
+time of a `trainjob --epochs 1` goes.
+
+    python bench/cpu.py                      # the tutorial's 5 epochs, 3 interleaved repetitions
+    python bench/cpu.py --epochs 3 --repeats 5 --data ../shared/data/mnist
+    python bench/cpu.py --breakdown          # also: wall-time breakdown of one short job
+    make bench
+
+Both sides train the tutorial's ConvNet on the same real MNIST slice ([::5], 12,000 images)
+with the same hyperparameters (batch 128, Adam, lr 0.005, same epochs, same seed) and one
+offline W&B run with watch(log="all", log_freq=10) and a log every 25 batches:
+
+- baseline: ``tutorial()`` below, the code path of W&B's "PyTorch integration" tutorial:
+  torchvision MNIST with ``transforms.ToTensor()`` (a PIL image per sample), ``Subset`` [::5],
+  ``DataLoader(batch_size=128, shuffle=True, pin_memory=True, num_workers=2)``, its ConvNet
+  class, ``loss`` logged at step = examples seen. Minus the tutorial's ``wandb.init`` inside
+  ``train_log``, which finishes the run and crashes the watch hooks (see shared FACTS.md).
+- trainjob: ``python -m trainjob`` itself, as a user runs it (its last line reports the
+  steady-state samples/s); then again with ``WANDB_MODE=disabled`` for the tracking overhead.
+
+Each measurement is a fresh process. Repetitions interleave the three runs (rotating which goes
+first) so that load from other processes on the machine hits all of them alike. The first
+epoch of each run is warm-up; the figure is samples/s over the remaining epochs, as the median
+and range over repetitions, and the ratio is the median of per-repetition ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import platform
+import re
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from importlib import metadata
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+RAW = (
+    "train-images-idx3-ubyte",
+    "train-labels-idx1-ubyte",
+    "t10k-images-idx3-ubyte",
+    "t10k-labels-idx1-ubyte",
+)
+TUTORIAL = {"batch_size": 128, "learning_rate": 0.005, "kernels": [16, 32], "classes": 10}
+STEADY = re.compile(r"steady_samples/s=(\d+)")
+WALL = re.compile(r"wall=([\d.]+)s")
+
+
+# --- the baseline: the tutorial's code path, run in its own process ---------------------------
+
+
+def tutorial(
+    root: str, epochs: int, seed: int = 0, track: bool = True, data_slice: int = 5
+) -> dict[str, object]:
+    """W&B's tutorial, trimmed to what runs per batch; returns per-epoch seconds.
+
+    ``track=False`` drops W&B (``bench/gpu.py`` runs where wandb is not installed)."""
+    import contextlib
+
+    import torch
+    import torchvision
+    from torch import nn
+    from torchvision import transforms
+
+    torch.manual_seed(seed)
+    torch.backends.cudnn.deterministic = True  # as the tutorial sets it
+    torch.backends.cudnn.benchmark = False
+    device = torch.device("cuda:0" if torch.cuda.is_available() else "cpu")
+
+    class ConvNet(nn.Module):  # the tutorial's class, verbatim in structure
+        def __init__(self, kernels, classes=10):
+            super().__init__()
+            self.layer1 = nn.Sequential(
+                nn.Conv2d(1, kernels[0], kernel_size=5, stride=1, padding=2),
+                nn.ReLU(),
+                nn.MaxPool2d(kernel_size=2, stride=2),
+            )
+            self.layer2 = nn.Sequential(
+                nn.Conv2d(kernels[0], kernels[1], kernel_size=5, stride=1, padding=2),
+                nn.ReLU(),
+                nn.MaxPool2d(kernel_size=2, stride=2),
+            )
+            self.fc = nn.Linear(7 * 7 * kernels[-1], classes)
+
+        def forward(self, x):
+            out = self.layer1(x)
+            out = self.layer2(out)
+            out = out.reshape(out.size(0), -1)
+            return self.fc(out)
+
+    def get_data(train: bool, slice: int = data_slice):
+        full = torchvision.datasets.MNIST(
+            root=root, train=train, transform=transforms.ToTensor(), download=False
+        )
+        return torch.utils.data.Subset(full, indices=range(0, len(full), slice))
+
+    def make_loader(dataset, batch_size):
+        return torch.utils.data.DataLoader(
+            dataset=dataset, batch_size=batch_size, shuffle=True, pin_memory=True, num_workers=2
+        )
+
+    config = dict(epochs=epochs, dataset="MNIST", architecture="CNN", **TUTORIAL)
+    if track:
+        import wandb
+
+        session = wandb.init(project="pytorch-demo", config=config)
+    else:
+        session = contextlib.nullcontext(None)
+    with session as run:
+        loader = make_loader(get_data(train=True), batch_size=config["batch_size"])
+        model = ConvNet(config["kernels"], config["classes"]).to(device)
+        criterion = nn.CrossEntropyLoss()
+        optimizer = torch.optim.Adam(model.parameters(), lr=config["learning_rate"])
+        if run is not None:
+            run.watch(model, criterion, log="all", log_freq=10)
+        example_ct = batch_ct = 0
+        epoch_s = []
+        for epoch in range(config["epochs"]):
+            start = time.perf_counter()
+            for images, labels in loader:
+                images, labels = images.to(device), labels.to(device)
+                loss = criterion(model(images), labels)
+                optimizer.zero_grad()
+                loss.backward()
+                optimizer.step()
+                example_ct += len(images)
+                batch_ct += 1
+                if (batch_ct + 1) % 25 == 0:
+                    if run is not None:
+                        run.log({"epoch": epoch, "loss": loss}, step=example_ct)
+                    print(f"Loss after {str(example_ct).zfill(5)} examples: {loss:.3f}")
+            if device.type == "cuda":
+                torch.cuda.synchronize()
+            epoch_s.append(time.perf_counter() - start)
+    return {"epoch_s": epoch_s, "examples": len(loader.dataset), "threads": torch.get_num_threads()}
+
+
+# --- orchestration ------------------------------------------------------------------------------
+
+
+def find_data(arg: str | None) -> Path:
+    candidates = [arg, os.environ.get("TRAINJOB_TEST_MNIST_DIR")]
+    candidates += [str(p / "shared" / "data" / "mnist") for p in (ROOT.parent, ROOT.parents[1])]
+    for candidate in filter(None, candidates):
+        path = Path(candidate)
+        if all((path / f"{n}.gz").is_file() or (path / "MNIST" / "raw" / n).is_file() for n in RAW):
+            return path
+    sys.exit("bench: real MNIST not found; pass --data DIR (the four *-ubyte.gz files)")
+
+
+def stage(source: Path, target: Path) -> Path:
+    """Uncompressed copies in ``target/MNIST/raw`` (torchvision's layout, read by both sides):
+    the source folder (e.g. the team's shared copy) is never written to."""
+    raw = target / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for name in RAW:
+        if (source / "MNIST" / "raw" / name).is_file():
+            shutil.copyfile(source / "MNIST" / "raw" / name, raw / name)
+        else:
+            with gzip.open(source / f"{name}.gz") as src, open(raw / name, "wb") as dst:
+                shutil.copyfileobj(src, dst)
+    return target
+
+
+def child_env(tmp: Path, mode: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("TRAINJOB_", "WANDB_"))}
+    env.update(
+        PYTHONPATH=str(ROOT / "src"),
+        WANDB_MODE=mode,
+        WANDB_DIR=str(tmp),
+        WANDB_CACHE_DIR=str(tmp / ".cache"),
+        WANDB_CONFIG_DIR=str(tmp / ".config"),
+        WANDB_DATA_DIR=str(tmp / ".data"),
+        WANDB_SILENT="true",
+        TRAINJOB_OUTPUT_DIR=str(tmp / "outputs"),
+        TRAINJOB_PROGRESS="false",
+        TRAINJOB_ONNX_EXPORTER="torchscript",  # not timed here; keeps each run short
+    )
+    return env
+
+
+def run_baseline(root: Path, epochs: int, tmp: Path) -> float:
+    out = subprocess.run(
+        [sys.executable, __file__, "--worker", str(root), "--epochs", str(epochs)],
+        env=child_env(tmp, "offline"),
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if out.returncode != 0:
+        sys.exit(f"bench: baseline failed:\n{out.stderr[-3000:]}")
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    timed = result["epoch_s"][1:] or result["epoch_s"]
+    return result["examples"] * len(timed) / sum(timed)
+
+
+def run_trainjob(root: Path, epochs: int, tmp: Path, mode: str, *extra: str) -> tuple[float, float]:
+    """One ``python -m trainjob`` job; returns (steady samples/s, the job's own wall time)."""
+    args = ["--data_dir", str(root), "--epochs", str(epochs), "--data_slice", "5", *extra]
+    out = subprocess.run(
+        [sys.executable, "-m", "trainjob", *args],
+        env=child_env(tmp, mode),
+        cwd=tmp,
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    steady, wall = STEADY.search(out.stdout), WALL.search(out.stdout)
+    if out.returncode != 0 or not steady or not wall:
+        sys.exit(f"bench: trainjob failed ({out.returncode}):\n{out.stdout}{out.stderr[-3000:]}")
+    return float(steady.group(1)), float(wall.group(1))
+
+
+def spread(values: list[float], fmt: str = "{:,.0f}") -> str:
+    return (
+        f"{fmt.format(statistics.median(values))} "
+        f"[{fmt.format(min(values))}..{fmt.format(max(values))}]"
+    )
+
+
+def hardware() -> str:
+    model = "unknown CPU"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        quota = Path("/sys/fs/cgroup/cpu.max").read_text().strip()
+    except OSError:
+        quota = "n/a"
+    return (
+        f"{model}, {cpus} CPUs available (cgroup cpu.max: {quota}), {platform.machine()}, "
+        f"Python {platform.python_version()}, torch {metadata.version('torch')}, "
+        f"wandb {metadata.version('wandb')}"
+    )
+
+
+def compare(root: Path, epochs: int, repeats: int, tmp: Path) -> None:
+    runs = {
+        "baseline": lambda i: run_baseline(root, epochs, tmp / f"b{i}"),
+        "trainjob": lambda i: run_trainjob(root, epochs, tmp / f"t{i}", "offline")[0],
+        "disabled": lambda i: run_trainjob(root, epochs, tmp / f"d{i}", "disabled")[0],
+    }
+    names = list(runs)
+    results: dict[str, list[float]] = {name: [] for name in names}
+    for i in range(repeats):
+        order = names[i % 3 :] + names[: i % 3]  # rotate who goes first
+        for name in order:
+            (tmp / f"{name[0]}{i}").mkdir()
+            results[name].append(runs[name](i))
+        row = "  ".join(f"{n} {results[n][-1]:,.0f}" for n in names)
+        print(f"  repetition {i + 1}/{repeats} ({' -> '.join(order)}): {row} samples/s", flush=True)
+    ratios = [t / b for t, b in zip(results["trainjob"], results["baseline"], strict=True)]
+    overheads = [
+        100 * (1 - t / d) for t, d in zip(results["trainjob"], results["disabled"], strict=True)
+    ]
+    print(f"\nsteady-state samples/s, median [min..max] over {repeats} repetitions:")
+    print(f"  tutorial-style baseline (W&B offline): {spread(results['baseline'])}")
+    print(f"  trainjob                (W&B offline): {spread(results['trainjob'])}")
+    print(f"  trainjob           (WANDB_MODE=disabled): {spread(results['disabled'])}")
+    print(f"ratio trainjob / baseline: {spread(ratios, '{:.2f}')}x  (goal >= 3x)")
+    print(f"tracking overhead (offline vs disabled): {spread(overheads, '{:+.1f}')}%  (goal <= 3%)")
+
+
+# --- where the wall time of one short job goes --------------------------------------------------
+
+PHASES = [  # (module file, function) in trainjob, timed with cProfile's cumulative time
+    ("cli.py", "load_settings", "settings (pydantic)"),
+    ("data.py", "load", "data: read + slice"),
+    ("tracking.py", "start", "wandb.init (offline)"),
+    ("tracking.py", "watch", "run.watch"),
+    ("train.py", "train", "train (1 epoch)"),
+    ("train.py", "evaluate", "evaluate"),
+    ("export.py", "export_onnx", "ONNX export"),
+    ("export.py", "check_onnx", "ONNX check + onnxruntime"),
+    ("tracking.py", "save_model", "save model + artifact"),
+    ("tracking.py", "finish", "run.finish"),
+]
+
+
+def profile_worker(argv: list[str], out: str) -> None:
+    """Run ``python -m trainjob ARGV`` under cProfile; write {phase: seconds} to ``out``."""
+    import cProfile
+    import pstats
+    import runpy
+
+    profile = cProfile.Profile()
+    sys.argv = ["trainjob", *argv]
+    code = 0
+    profile.enable()
+    try:
+        runpy.run_module("trainjob", run_name="__main__")
+    except SystemExit as exc:
+        code = exc.code if isinstance(exc.code, int) else 1
+    profile.disable()
+    stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+    phases = {}
+    for file, func, label in PHASES:
+        suffix = f"trainjob/{file}"
+        phases[label] = sum(
+            v[3] for (f, _, name), v in stats.items() if name == func and f.endswith(suffix)
+        )
+    Path(out).write_text(json.dumps({"code": code, "phases": phases}))
+
+
+def import_seconds(modules: list[str]) -> dict[str, float]:
+    """Cold-ish import cost of each package alone, in a fresh interpreter each."""
+    seconds = {}
+    for module in modules:
+        code = f"import time; t = time.perf_counter(); import {module}; "
+        code += "print(time.perf_counter() - t)"
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+        seconds[module] = float(out.stdout.strip() or "nan")
+    return seconds
+
+
+def breakdown(root: Path, tmp: Path) -> None:
+    print("\nwall time of `python -m trainjob --epochs 1` (tutorial settings, W&B offline):")
+    argv = ["--data_dir", str(root), "--epochs", "1", "--data_slice", "5"]
+    for exporter in ("dynamo", "torchscript"):
+        work = tmp / f"wall-{exporter}"
+        work.mkdir()
+        env = child_env(work, "offline") | {"TRAINJOB_ONNX_EXPORTER": exporter}
+        start = time.perf_counter()
+        done = subprocess.run(
+            [sys.executable, "-m", "trainjob", *argv], env=env, cwd=work, capture_output=True
+        )
+        wall = time.perf_counter() - start
+        print(f"  process wall, onnx_exporter={exporter}: {wall:.1f} s (exit {done.returncode})")
+    work = tmp / "profile"
+    work.mkdir()
+    env = child_env(work, "offline") | {"TRAINJOB_ONNX_EXPORTER": "dynamo"}
+    result = work / "phases.json"
+    start = time.perf_counter()
+    subprocess.run(
+        [sys.executable, __file__, "--profile", str(result), "--", *argv],
+        env=env,
+        cwd=work,
+        capture_output=True,
+        check=False,
+    )
+    wall = time.perf_counter() - start
+    phases = json.loads(result.read_text())["phases"]
+    print(f"  under cProfile (dynamo), {wall:.1f} s in all; cumulative seconds per phase:")
+    for label, seconds in phases.items():
+        print(f"    {label:28s} {seconds:6.2f}")
+    rest = wall - sum(phases.values())
+    print(f"    {'interpreter, imports, exit':28s} {rest:6.2f}  (the remainder)")
+    print("  import cost of each package alone (fresh interpreter, seconds):")
+    modules = ["torch", "torchvision", "wandb", "pydantic_settings", "onnx", "onnxruntime"]
+    for module, seconds in import_seconds(modules).items():
+        print(f"    {module:28s} {seconds:6.2f}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--data", help="folder with the four MNIST *-ubyte.gz files")
+    parser.add_argument("--epochs", type=int, default=5, help="epochs per run (first = warm-up)")
+    parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument("--breakdown", action="store_true", help="also break down a 1-epoch job")
+    parser.add_argument("--breakdown-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the baseline
+    parser.add_argument("--profile", help=argparse.SUPPRESS)  # internal: profile one job
+    args, rest = parser.parse_known_args()
+    if args.worker:
+        print(json.dumps(tutorial(args.worker, args.epochs)))
+        return
+    if args.profile:
+        profile_worker([a for a in rest if a != "--"], args.profile)
+        return
+    if args.epochs < 2:
+        parser.error("--epochs must be >= 2 (the first epoch is warm-up)")
+    source = find_data(args.data)
+    print(f"hardware: {hardware()}")
+    print(f"load average at start: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+    print(
+        f"config: MNIST [::5] from {source}, ConvNet{tuple(TUTORIAL['kernels'])}, "
+        f"batch {TUTORIAL['batch_size']}, Adam lr {TUTORIAL['learning_rate']}, "
+        f"{args.epochs} epochs (first = warm-up), {args.repeats} repetitions",
+        flush=True,
+    )
+    with tempfile.TemporaryDirectory(prefix="trainjob-bench-") as name:
+        tmp = Path(name)
+        root = stage(source, tmp / "data")
+        if not args.breakdown_only:
+            compare(root, args.epochs, args.repeats, tmp)
+        if args.breakdown or args.breakdown_only:
+            breakdown(root, tmp)
+    print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,209 @@
+"""The speed work keeps the model's function, determinism and imports; the benchmarks run.
+
+No timed asserts: speed is measured by bench/cpu.py and bench/gpu.py, which print ratios.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from helpers import ROOT, clean_env, run_cli
+
+from trainjob import data, runtime
+from trainjob.model import ConvNet
+from trainjob.train import (
+    LoopConfig,
+    LoopStats,
+    Progress,
+    evaluate,
+    learning_rate_at,
+    make_optimizer,
+    train,
+)
+
+TUTORIAL_KEYS = [
+    "layer1.0.weight",
+    "layer1.0.bias",
+    "layer2.0.weight",
+    "layer2.0.bias",
+    "fc.weight",
+    "fc.bias",
+]
+
+
+class NullTracker:
+    def __init__(self) -> None:
+        self.rows: list[dict[str, float]] = []
+
+    def log(self, metrics, step):
+        self.rows.append(dict(metrics))
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_pool_before_relu_is_bit_identical_to_the_tutorial_order(channels_last: bool) -> None:
+    torch.manual_seed(3)
+    model = ConvNet()
+    x = torch.rand(64, 1, 28, 28)
+    x[:, :, :6] = 0  # MNIST-like empty rows: all-equal windows (ties) in the pools
+    if channels_last:
+        model = model.to(memory_format=torch.channels_last)
+        x = x.contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,))
+    results = []
+    for forward in (model.forward, model.forward_tutorial_order):
+        model.zero_grad()
+        out = forward(x)
+        torch.nn.functional.cross_entropy(out, y).backward()
+        results.append((out.detach().clone(), [p.grad.clone() for p in model.parameters()]))
+    (out_a, grads_a), (out_b, grads_b) = results
+    assert torch.equal(out_a, out_b)
+    assert all(torch.equal(a, b) for a, b in zip(grads_a, grads_b, strict=True))
+    assert list(model.state_dict()) == TUTORIAL_KEYS  # checkpoints and ONNX names unchanged
+
+
+def _train(split: data.Split, seed: int, schedule: str = "none", stats: LoopStats | None = None):
+    torch.manual_seed(seed)
+    model = ConvNet().to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, 0.005)
+    cfg = LoopConfig(
+        epochs=2, batch_size=96, log_every=2, seed=seed, progress_bar=False, lr_schedule=schedule
+    )
+    tracker = NullTracker()
+    train(
+        model,
+        optimizer,
+        torch.nn.CrossEntropyLoss(),
+        split,
+        cfg,
+        tracker,
+        Progress(),
+        None,
+        None,
+        stats,
+    )
+    return model, optimizer, tracker
+
+
+def test_fused_adam_and_schedule_are_deterministic_and_learn(tiny_data_copy: Path) -> None:
+    loaded = data.load("MNIST", tiny_data_copy, data_slice=1)
+    for schedule in ("none", "onecycle"):
+        a, opt, tracker = _train(loaded.train, 5, schedule)
+        b, _, _ = _train(loaded.train, 5, schedule)
+        assert opt.param_groups[0]["fused"] is True
+        assert all(
+            torch.equal(x, y)
+            for x, y in zip(a.state_dict().values(), b.state_dict().values(), strict=True)
+        )
+        assert evaluate(a, loaded.test) > 0.8
+        # metrics accumulated on the device: the interval mean is a mean of finite losses
+        assert all(
+            math.isfinite(r["train/loss_mean"]) and r["train/loss_mean"] > 0 for r in tracker.rows
+        )
+
+
+def test_loop_stats_time_epochs_and_warmup(tiny_data_copy: Path) -> None:
+    loaded = data.load("MNIST", tiny_data_copy, data_slice=1)
+    stats = LoopStats()
+    _train(loaded.train, 0, stats=stats)
+    # 512 examples in batches of 96: 5 full + 1 partial; the first of each shape is warm-up.
+    assert stats.warmup_steps == 2 and stats.warmup_s > 0
+    assert [n for n, _ in stats.epochs] == [512 - 96 - 32, 512]
+    assert stats.steady_samples_per_s() == pytest.approx(512 / stats.epochs[1][1])
+
+
+def test_onecycle_schedule_shape() -> None:
+    total, peak = 100, 0.01
+    lrs = [learning_rate_at(s, total, peak, "onecycle") for s in range(total)]
+    assert lrs[0] == pytest.approx(peak / 25)
+    assert max(lrs) == pytest.approx(peak) and lrs.index(max(lrs)) == 25
+    assert all(a <= b for a, b in itertools.pairwise(lrs[:26]))  # rising
+    assert all(a >= b for a, b in itertools.pairwise(lrs[25:]))  # then falling
+    assert lrs[-1] < peak / 100
+    assert {learning_rate_at(s, total, peak, "none") for s in range(total)} == {peak}
+
+
+def test_allocator_tuning_respects_the_users_malloc_variables(monkeypatch) -> None:
+    if not sys.platform.startswith("linux"):
+        pytest.skip("glibc only")
+    assert runtime.keep_freed_memory() is True
+    monkeypatch.setenv("MALLOC_MMAP_THRESHOLD_", "131072")
+    assert runtime.keep_freed_memory() is False
+
+
+def _python(tmp: Path, code: str, **env: str) -> str:
+    base = {k: v for k, v in clean_env(tmp).items() if not k.startswith(("OMP_", "GOMP_"))}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=base | env, capture_output=True, text=True, check=True
+    )
+    return out.stdout.strip()
+
+
+def test_openmp_threads_sleep_unless_the_user_says_otherwise(tmp_path: Path) -> None:
+    code = "import trainjob, os; print(os.environ.get('OMP_WAIT_POLICY'))"
+    assert _python(tmp_path, code) == "PASSIVE"
+    assert _python(tmp_path, code, OMP_WAIT_POLICY="ACTIVE") == "ACTIVE"
+    assert _python(tmp_path, code, GOMP_SPINCOUNT="1000") == "None"
+
+
+def test_loop_modules_need_neither_pydantic_nor_wandb(tmp_path: Path) -> None:
+    """bench/gpu.py runs on machines with torch only (the device tool's Python 3.12)."""
+    code = (
+        "import sys, json; import trainjob.train, trainjob.model, trainjob.data, "
+        "trainjob.runtime; print(json.dumps(sorted(m for m in sys.modules "
+        "if m.split('.')[0] in ('pydantic', 'pydantic_settings', 'wandb', 'trainjob'))))"
+    )
+    modules = json.loads(_python(tmp_path, code))
+    assert not [m for m in modules if not m.startswith("trainjob")], modules
+    assert "trainjob.settings" not in modules and "trainjob.tracking" not in modules
+
+
+def test_gpu_bench_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py")],
+        env=clean_env(tmp_path, CUDA_VISIBLE_DEVICES=""),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "no CUDA device here" in result.stdout
+    assert "Traceback" not in result.stderr
+
+
+def test_gpu_bench_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
+    env = clean_env(tmp_path, CUDA_VISIBLE_DEVICES="")
+    result = subprocess.run(
+        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--cpu-smoke"],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    for part in ("(a) samples/s", "(b) time to 99%", "(c) tracking overhead", "(d) CPU smoke"):
+        assert part in out, out
+    assert re.search(r"ratio: [\d.]+x", out) and re.search(r"seed 1: [\d.]+ s", out), out
+    assert re.search(r"offline [\d,]+ vs disabled [\d,]+ samples/s", out), out
+
+
+def test_job_reports_steady_throughput_the_way_bench_cpu_reads_it(
+    tiny_data: Path, tmp_path: Path
+) -> None:
+    sys.path.insert(0, str(ROOT / "bench"))
+    from cpu import STEADY, WALL
+
+    env = clean_env(tmp_path, TRAINJOB_DATA_DIR=str(tiny_data), WANDB_MODE="disabled")
+    result = run_cli(["--epochs=2", "--data_slice=1", "--batch_size=128"], env, tmp_path)
+    assert result.returncode == 0, result.stderr
+    steady, wall = STEADY.search(result.stdout), WALL.search(result.stdout)
+    assert steady and int(steady.group(1)) > 0 and wall, result.stdout
