@@ -387,5 +387,5 @@ def test_an_env_dir_that_cannot_be_created_is_a_storage_error(tmp_path: Path) ->
     env = clean_env(tmp_path, TMPDIR=str(blocker / "tmp"))
     result = run_cli(["--epochs", "1"], env, tmp_path)
     assert result.returncode == 5, result.stderr  # ExitCode.STORAGE
-    assert f"TMPDIR={blocker / 'tmp'} cannot be created" in result.stderr
+    assert f"TMPDIR={blocker / 'tmp'} is not writable" in result.stderr
     assert "Traceback" not in result.stderr

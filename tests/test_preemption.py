@@ -220,7 +220,7 @@ def test_rows_lost_with_the_killed_process_are_logged_again(gauntlet) -> None:
 
 def test_offline_fragments_are_synced_together(gauntlet) -> None:
     tmp, stages, _, runs = gauntlet
-    hint = re.search(r"upload them together, oldest first: (.+)", stages["final"].stdout)
+    hint = re.search(r"upload it with: (WANDB_RESUME=allow .+)", stages["final"].stdout)
     assert hint, stages["final"].stdout
     command = hint.group(1).split()
     assert command[:3] == ["WANDB_RESUME=allow", "wandb", "sync"]

@@ -5,6 +5,7 @@ allowed (ENOSPC), and a file size limit everywhere (RLIMIT_FSIZE: EFBIG, same co
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -169,4 +170,6 @@ def test_job_model_on_full_disk_keeps_previous_model(staged_data: Path, tmp_path
         line = _one_error_line(result)
         assert f"could not write {disk / 'model.onnx'}: No space left on device" in line
         assert (disk / "model.onnx").read_bytes() == before
-        assert sorted(p.name for p in disk.iterdir()) == ["filler", "model.onnx"]
+        # No temp files left; the small run record (what sweeps read back) says how it ended.
+        assert sorted(p.name for p in disk.iterdir()) == ["filler", "model.onnx", "run.json"]
+        assert json.loads((disk / "run.json").read_text())["exit_code"] == 5

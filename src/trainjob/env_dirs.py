@@ -29,6 +29,6 @@ def create_env_dirs(environ: Mapping[str, str] = os.environ) -> None:
             Path(value).mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise StorageError(
-                f"{name}={value} cannot be created ({exc.strerror or exc}); point it at a "
+                f"{name}={value} is not writable ({exc.strerror or exc}); point {name} at a "
                 "writable folder (in the container: under the /workspace volume)"
             ) from None

@@ -5,7 +5,6 @@ python -m trainjob --epochs 1
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import sys
@@ -77,8 +76,13 @@ def write_run_record(settings: Settings, tracker: Any, exit_code: int, summary: 
         "run_dir": str(tracker.run_dir) if tracker.run_dir else None,
         "summary": summary,
     }
-    with contextlib.suppress(OSError):
-        (settings.output_dir / "run.json").write_text(json.dumps(record, indent=1) + "\n")
+    path = settings.output_dir / "run.json"
+    tmp = path.with_name(f".run.json.{os.getpid()}.tmp")
+    try:  # via a temp file: a full disk leaves no empty or half-written run.json behind
+        tmp.write_text(json.dumps(record, indent=1) + "\n")
+        os.replace(tmp, path)
+    except OSError:
+        tmp.unlink(missing_ok=True)
 
 
 def run(settings: Settings) -> int:
