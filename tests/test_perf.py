@@ -205,3 +205,27 @@ def test_job_reports_steady_throughput_the_way_bench_cpu_reads_it(
     assert result.returncode == 0, result.stderr
     steady, wall = STEADY.search(result.stdout), WALL.search(result.stdout)
     assert steady and int(steady.group(1)) > 0 and wall, result.stdout
+
+
+@pytest.mark.parametrize("preset", sorted((ROOT / "presets").glob("*.env")), ids=lambda p: p.name)
+def test_presets_are_valid_settings(preset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import os
+
+    from trainjob.cli import load_settings
+    from trainjob.settings import Settings
+
+    for key in list(os.environ):
+        if key.startswith("TRAINJOB_"):
+            monkeypatch.delenv(key)
+    values = {}
+    for line in preset.read_text().splitlines():
+        if line.strip() and not line.startswith("#"):
+            key, _, value = line.partition("=")
+            assert key.startswith("TRAINJOB_") and value == value.strip(), line
+            values[key] = value
+    for key, value in values.items():
+        monkeypatch.setenv(key, value)
+    settings = load_settings([])  # unknown TRAINJOB_* names or bad values raise here
+    assert settings.epochs == int(values["TRAINJOB_EPOCHS"])
+    assert settings.lr_schedule == "onecycle"
+    assert Settings.model_fields["lr_schedule"].default == "none"  # the tutorial's default kept
