@@ -86,6 +86,18 @@ def clean_env(tmp: Path, **overrides: str) -> dict[str, str]:
     return env
 
 
+def adopt_env(monkeypatch: Any, tmp: Path, **overrides: str) -> Path:
+    """Make *this* process's environment a clean job environment (``clean_env``) rooted at
+    ``tmp``, for in-process code that starts jobs itself (sweep runners, the agent)."""
+    for key in list(os.environ):
+        if key.startswith(("TRAINJOB_", "WANDB_", "JOB_COMPLETION")):
+            monkeypatch.delenv(key)
+    for key, value in clean_env(tmp, **overrides).items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.chdir(tmp)
+    return tmp
+
+
 def run_cli(
     args: list[str], env: dict[str, str], cwd: Path, timeout: float = 300
 ) -> subprocess.CompletedProcess[str]:

@@ -11,13 +11,12 @@ tests/test_sweep.py.
 from __future__ import annotations
 
 import json
-import os
 import threading
 import time
 from pathlib import Path
 
 import pytest
-from helpers import clean_env, offline_runs, read_offline_run
+from helpers import adopt_env, offline_runs, read_offline_run
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
 from trainjob.cli import load_settings
@@ -27,10 +26,8 @@ from trainjob.trials import FailureCounter, SignalForwarder, TrialRunner
 
 @pytest.fixture
 def agent_env(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    for key in list(os.environ):
-        if key.startswith(("TRAINJOB_", "WANDB_")):
-            monkeypatch.delenv(key)
-    env = clean_env(
+    return adopt_env(
+        monkeypatch,
         tmp_path,
         TRAINJOB_DATA_DIR=str(tiny_data),
         TRAINJOB_DATA_SLICE="1",
@@ -40,10 +37,6 @@ def agent_env(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) 
         TRAINJOB_SWEEP_ID="me/pytorch-demo/sw33p",
         TRAINJOB_RUN_ID="agent-pod-1",
     )
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def give_trial(tmp: Path, monkeypatch: pytest.MonkeyPatch, run_id: str, params: dict) -> None:

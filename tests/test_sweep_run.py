@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import clean_env, offline_runs, read_offline_run
+from helpers import adopt_env, offline_runs, read_offline_run
 
 from trainjob.__main__ import main
 from trainjob.sweep import HISTORY_METRICS, SUMMARY_METRICS, load_sweep
@@ -27,10 +27,8 @@ from trainjob.sweep_local import Point, Result, bayes_point
 @pytest.fixture
 def sweep_env(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     """This process's environment as a sweep's: offline W&B in tmp_path, tiny data, 1 epoch."""
-    for key in list(os.environ):
-        if key.startswith(("TRAINJOB_", "WANDB_", "JOB_COMPLETION")):
-            monkeypatch.delenv(key)
-    env = clean_env(
+    return adopt_env(
+        monkeypatch,
         tmp_path,
         TRAINJOB_DATA_DIR=str(tiny_data),
         TRAINJOB_DATA_SLICE="1",
@@ -38,10 +36,6 @@ def sweep_env(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) 
         TRAINJOB_BATCH_SIZE="64",
         TRAINJOB_LOG_EVERY="4",
     )
-    for key, value in env.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.chdir(tmp_path)
-    return tmp_path
 
 
 def write(path: Path, config: dict) -> Path:
