@@ -5,7 +5,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 # Real MNIST, when this checkout sits beside the team's shared folder (CI does).
 MNIST_SRC ?= $(firstword $(wildcard ../shared/data/mnist))
-export TRAINJOB_TEST_MNIST_DIR ?= $(if $(MNIST_SRC),$(abspath $(MNIST_SRC)))
+export MNIST_TEST_DIR ?= $(if $(MNIST_SRC),$(abspath $(MNIST_SRC)))
 
 # checkov (tests/test_k8s.py) pins packaging<24 and networkx<3, which clash with torch's: it
 # gets a venv of its own (~2.5 min to install, once).

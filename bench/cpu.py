@@ -147,7 +147,7 @@ def tutorial(
 
 
 def find_data(arg: str | None) -> Path:
-    candidates = [arg, os.environ.get("TRAINJOB_TEST_MNIST_DIR")]
+    candidates = [arg, os.environ.get("MNIST_TEST_DIR")]
     candidates += [str(p / "shared" / "data" / "mnist") for p in (ROOT.parent, ROOT.parents[1])]
     for candidate in filter(None, candidates):
         path = Path(candidate)

@@ -76,7 +76,7 @@ def flag(values: Mapping[str, str], key: str, default: bool) -> bool:
 
 
 def find_data(arg: str | None) -> Path | None:
-    candidates = [arg, os.environ.get("TRAINJOB_TEST_MNIST_DIR"), str(ROOT / "data")]
+    candidates = [arg, os.environ.get("MNIST_TEST_DIR"), str(ROOT / "data")]
     candidates += [str(p / "shared" / "data" / "mnist") for p in (ROOT.parent, ROOT.parents[1])]
     for candidate in filter(None, candidates):
         path = Path(candidate)

@@ -7,7 +7,7 @@ MNIST with the tutorial's settings, offline W&B run) N times as a cold `python` 
 W&B's CLI agent does) and N times forked from trainjob's pre-imported fork server, stops each at
 its first step, and prints the median of each part and the ratio. The fork server's one-time
 start (its imports) is printed separately: a sweep pays it once, while the first point is chosen.
-Data: DIR, else $TRAINJOB_TEST_MNIST_DIR, else ../shared/data/mnist (the IDX .gz files).
+Data: DIR, else $MNIST_TEST_DIR, else ../shared/data/mnist (the IDX .gz files).
 """
 
 from __future__ import annotations
@@ -121,7 +121,7 @@ def measure(mode: str, runner, argv: list[str], env: dict[str, str], out: Path) 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=3)
-    default = os.environ.get("TRAINJOB_TEST_MNIST_DIR") or str(ROOT.parent / "shared/data/mnist")
+    default = os.environ.get("MNIST_TEST_DIR") or str(ROOT.parent / "shared/data/mnist")
     parser.add_argument("--data", default=default)
     args = parser.parse_args()
     source = Path(args.data)

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from helpers import write_tiny_mnist
 
-MNIST_ENV = "TRAINJOB_TEST_MNIST_DIR"  # set by .ci/run and the Makefile to ../shared/data/mnist
+MNIST_ENV = "MNIST_TEST_DIR"  # set by .ci/run and the Makefile to ../shared/data/mnist
 
 
 @pytest.fixture(scope="session")

@@ -159,3 +159,14 @@ def test_help_documents_every_field(tmp_path: Path) -> None:
         assert f"TRAINJOB_{name.upper()}" in line, name
         assert field.description and field.description in line, name
         assert "(default:" in line, name
+
+
+def test_makefile_exports_no_trainjob_variable() -> None:
+    """`make run` inherits what the Makefile exports; any TRAINJOB_* name there that is not a
+    setting would make the job refuse to start (unknown variables are errors)."""
+    from helpers import ROOT
+
+    makefile = (ROOT / "Makefile").read_text()
+    exported = [line for line in makefile.splitlines() if line.startswith("export ")]
+    assert exported, "the Makefile exports the real-MNIST folder for the tests"
+    assert not [line for line in exported if "TRAINJOB_" in line], exported
