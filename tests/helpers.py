@@ -66,8 +66,9 @@ def clean_env(tmp: Path, **overrides: str) -> dict[str, str]:
         for k, v in os.environ.items()
         if not k.startswith(("TRAINJOB_", "WANDB_")) and k not in ("JOB_COMPLETION_INDEX",)
     }
+    inherited = os.environ.get("PYTHONPATH")  # e.g. wheels unpacked for a bare GPU machine
     env.update(
-        PYTHONPATH=str(SRC),
+        PYTHONPATH=os.pathsep.join(filter(None, [str(SRC), inherited])),
         PYTHONUNBUFFERED="1",
         HOME=str(tmp / "home"),
         WANDB_MODE="offline",

@@ -190,7 +190,10 @@ def test_gpu_bench_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
     out = result.stdout
     for part in ("(a) samples/s", "(b) time to 99%", "(c) tracking overhead", "(d) CPU smoke"):
         assert part in out, out
-    assert re.search(r"ratio: [\d.]+x", out) and re.search(r"seed 1: [\d.]+ s", out), out
+    for mode in ("eager:", "cuda_graphs=true:"):
+        assert re.search(rf"{mode}\s+[\d,]+ .*-> [\d.]+x the tutorial", out), out
+    assert re.search(r"seed 1: [\d.]+ s", out) and "steady state:" in out, out
+    assert "FAILED" not in out and "Traceback" not in result.stderr, result.stderr
     assert re.search(r"offline [\d,]+ vs disabled [\d,]+ samples/s", out), out
 
 

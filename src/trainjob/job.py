@@ -171,6 +171,7 @@ def run(settings: Settings) -> int:
         bf16=settings.amp == "bf16",
         progress_bar=settings.progress,
         lr_schedule=settings.lr_schedule,
+        cuda_graphs=settings.cuda_graphs,
     )
     exit_code = ExitCode.CRASHED
     summary: dict[str, Any] = {}

@@ -16,7 +16,7 @@ import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import Field, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ENV_PREFIX = "TRAINJOB_"
@@ -94,6 +94,10 @@ class Settings(BaseSettings):
         "none", description="Autocast precision on CUDA: none or bf16."
     )
     compile: bool = Field(False, description="torch.compile the model (pays off on long jobs).")
+    cuda_graphs: bool = Field(
+        False,
+        description="CUDA: replay each full-batch step as one CUDA graph (needs watch_log=none).",
+    )
     channels_last: bool = Field(True, description="Use channels_last memory format.")
     onnx_exporter: Literal["dynamo", "torchscript"] = Field(
         "dynamo",
@@ -174,6 +178,18 @@ class Settings(BaseSettings):
     def _check_kernels(cls, value: list[int]) -> list[int]:
         if len(value) != 2 or any(k <= 0 or k > 4096 for k in value):
             raise ValueError("expected a list of 2 integers in 1..4096 like [16, 32]")
+        return value
+
+    @field_validator("watch_log")
+    @classmethod
+    def _check_watch_with_graphs(cls, value: str, info: ValidationInfo) -> str:
+        # run.watch works through module and tensor hooks, which run in Python and so not
+        # inside a CUDA graph replay; its histograms would silently stop after the capture.
+        if value != "none" and info.data.get("cuda_graphs"):
+            raise ValueError(
+                "TRAINJOB_CUDA_GRAPHS=true needs TRAINJOB_WATCH_LOG=none (run.watch's hooks do "
+                "not run inside a CUDA graph replay)"
+            )
         return value
 
     @field_validator("device")

@@ -70,6 +70,7 @@ class LoopConfig:
     bf16: bool = False
     progress_bar: bool = True
     lr_schedule: str = "none"  # none (the tutorial: constant) | onecycle
+    cuda_graphs: bool = False  # CUDA only: full-batch steps replayed as one CUDA graph
 
 
 @dataclass
@@ -132,15 +133,113 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Te
     return torch.randperm(n, generator=generator, device=device)
 
 
-def _autocast(device: torch.device, bf16: bool) -> contextlib.AbstractContextManager[object]:
+def _autocast(
+    device: torch.device, bf16: bool, cache: bool = True
+) -> contextlib.AbstractContextManager[object]:
     if bf16 and device.type == "cuda":
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16)
+        # Inside a CUDA graph capture the autocast weight cache must be off: cached casts would
+        # be made once at capture and never again, while the weights change every replay.
+        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
 def _prepare(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     x = to_float(images)  # uint8 -> float on the device, per batch
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
+
+
+class GraphedStep:
+    """One full-batch optimizer step (gather, uint8 -> float, forward, loss, backward, Adam)
+    recorded once as a CUDA graph and then replayed: one launch per step instead of ~40. On a GPU
+    this small net is bound by launch and Python overhead, not by arithmetic (issue 8).
+
+    The graph reads the batch's indices from ``self.idx`` and the learning rate from a device
+    tensor, so neither needs a new capture. Adam creates its state in its first step, so a few
+    warm-up steps run before the capture (also letting cuDNN autotune); the weights and the
+    optimizer state are then put back in place (the graph holds their addresses), so a graphed
+    run computes what an eager one does. Python hooks (run.watch) do not run inside a replay;
+    settings refuse ``cuda_graphs`` with ``watch_log`` other than none.
+    """
+
+    WARMUP_STEPS = 3
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: nn.Module,
+        data: Split,
+        first_idx: torch.Tensor,
+        cfg: LoopConfig,
+        nonfinite: torch.Tensor,
+    ) -> None:
+        device = data.images.device
+        self.model, self.optimizer, self.criterion, self.data, self.cfg = (
+            model,
+            optimizer,
+            criterion,
+            data,
+            cfg,
+        )
+        for group in optimizer.param_groups:
+            # Capturable Adam keeps its step count on the device and reads lr from a tensor.
+            group["capturable"] = True
+            lr = group["lr"]
+            if not isinstance(lr, torch.Tensor) or lr.device != device:
+                group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
+        self.idx = first_idx.clone()
+        params = [t for t in model.state_dict().values()]
+        saved_params = [t.detach().clone() for t in params]
+        saved_state = {
+            p: {k: v.detach().clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
+            for p, st in optimizer.state.items()
+        }
+        side = torch.cuda.Stream(device)
+        side.wait_stream(torch.cuda.current_stream(device))
+        with torch.cuda.stream(side):
+            for _ in range(self.WARMUP_STEPS):
+                self._step()
+                optimizer.zero_grad(set_to_none=True)
+        torch.cuda.current_stream(device).wait_stream(side)
+        with torch.no_grad():  # undo the warm-up steps, in place
+            for t, old in zip(params, saved_params, strict=True):
+                t.copy_(old)
+            for p, st in optimizer.state.items():
+                for k, v in st.items():
+                    if isinstance(v, torch.Tensor):
+                        # Adam's fresh state is all zeros (step 0, zero moments)
+                        v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
+        # Gradients are None here, so the captured backward allocates them in the graph's pool
+        # and each replay writes them afresh instead of accumulating.
+        optimizer.zero_grad(set_to_none=True)
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            # detach: the output buffer is all a replay needs; holding the captured autograd
+            # graph would keep its AccumulateGrad nodes (made on the capture stream) alive for
+            # the eager steps, which then synchronize streams and warn.
+            self.loss = self._step().detach()
+            nonfinite.logical_or_(~torch.isfinite(self.loss))
+
+    def _step(self) -> torch.Tensor:
+        x = _prepare(self.data.images[self.idx], self.cfg.channels_last)
+        with _autocast(self.data.images.device, self.cfg.bf16, cache=False):
+            loss = self.criterion(self.model(x), self.data.labels[self.idx])
+        loss.backward()
+        self.optimizer.step()
+        return loss
+
+    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
+        self.idx.copy_(idx)  # device to device, no sync
+        self.graph.replay()
+        return self.loss
+
+
+def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+    for group in optimizer.param_groups:
+        if isinstance(group["lr"], torch.Tensor):
+            group["lr"].fill_(lr)  # a device tensor (capturable Adam): a kernel, no sync
+        else:
+            group["lr"] = lr
 
 
 def train(
@@ -161,7 +260,16 @@ def train(
     device = data.images.device
     n = len(data)
     batches = math.ceil(n / cfg.batch_size)
-    peak_lr = optimizer.defaults["lr"]
+    peak_lr = float(optimizer.defaults["lr"])
+    graphs = cfg.cuda_graphs and device.type == "cuda"
+    graphed: GraphedStep | None = None
+    if not graphs:
+        # A checkpoint from a graphed run carries capturable Adam groups with a tensor lr; eager
+        # steps (and a CPU, where capturable is refused) want the plain float form back.
+        for group in optimizer.param_groups:
+            if isinstance(group["lr"], torch.Tensor):
+                group["lr"] = float(group["lr"])
+            group["capturable"] = False
     seen_shapes: set[int] = set()
     model.train()
     last_log_time, last_log_examples = time.perf_counter(), progress.examples_seen
@@ -182,15 +290,23 @@ def train(
             if warmup:
                 _sync(device)  # SYNC POINT: only on warm-up steps (first batch, partial batch)
                 warmup_start = time.perf_counter()
-            x, y = _prepare(data.images[idx], cfg.channels_last), data.labels[idx]
-            with _autocast(device, cfg.bf16):
-                loss = criterion(model(x), y)
-            loss.backward()
             if cfg.lr_schedule != "none":
                 lr = learning_rate_at(progress.step, cfg.epochs * batches, peak_lr, cfg.lr_schedule)
-                for group in optimizer.param_groups:
-                    group["lr"] = lr
-            optimizer.step()
+                set_learning_rate(optimizer, lr)
+            if graphs and size == cfg.batch_size:
+                if graphed is None:  # on the first full batch: warm-up steps and the capture
+                    graphed = GraphedStep(model, optimizer, criterion, data, idx, cfg, nonfinite)
+                loss = graphed(idx)  # the divergence flag is updated inside the graph
+            else:
+                x, y = _prepare(data.images[idx], cfg.channels_last), data.labels[idx]
+                with _autocast(device, cfg.bf16):
+                    loss = criterion(model(x), y)
+                loss.backward()
+                optimizer.step()
+                if not per_step:
+                    nonfinite |= ~torch.isfinite(loss.detach())  # no sync: read at log intervals
+            # Also after a replay: the graph writes its own gradient buffers whatever .grad
+            # holds, and an eager (partial) batch must not accumulate into them.
             optimizer.zero_grad(set_to_none=True)
             if warmup:
                 _sync(device)  # SYNC POINT: as above
@@ -205,8 +321,6 @@ def train(
             progress.examples_seen += size
             if per_step:
                 _check_finite(loss.item(), progress)  # CPU: not a sync
-            else:
-                nonfinite |= ~torch.isfinite(loss.detach())  # no sync: read at log intervals
             if progress.step % cfg.log_every == 0:
                 # SYNC POINT: the only one in steady state, every log_every steps.
                 value, bad = torch.stack([loss.detach().float(), nonfinite.float()]).tolist()
