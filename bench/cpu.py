@@ -5,6 +5,7 @@ time of a `trainjob --epochs 1` goes.
     python bench/cpu.py                      # the tutorial's 5 epochs, 3 interleaved repetitions
     python bench/cpu.py --epochs 3 --repeats 5 --data ../shared/data/mnist
     python bench/cpu.py --breakdown          # also: wall-time breakdown of one short job
+    python bench/cpu.py --ceiling            # also: the FLOP bound and where a step's time goes
     make bench
 
 Both sides train the tutorial's ConvNet on the same real MNIST slice ([::5], 12,000 images)
@@ -247,7 +248,7 @@ def hardware() -> str:
     )
 
 
-def compare(root: Path, epochs: int, repeats: int, tmp: Path) -> None:
+def compare(root: Path, epochs: int, repeats: int, tmp: Path) -> float:
     runs = {
         "baseline": lambda i: run_baseline(root, epochs, tmp / f"b{i}"),
         "trainjob": lambda i: run_trainjob(root, epochs, tmp / f"t{i}", "offline")[0],
@@ -272,6 +273,107 @@ def compare(root: Path, epochs: int, repeats: int, tmp: Path) -> None:
     print(f"  trainjob           (WANDB_MODE=disabled): {spread(results['disabled'])}")
     print(f"ratio trainjob / baseline: {spread(ratios, '{:.2f}')}x  (goal >= 3x)")
     print(f"tracking overhead (offline vs disabled): {spread(overheads, '{:+.1f}')}%  (goal <= 3%)")
+    return statistics.median(results["baseline"])
+
+
+# --- how far the hardware lets trainjob go ------------------------------------------------------
+
+
+def step_flops(batch: int, kernels: tuple[int, int] = (16, 32), classes: int = 10) -> dict:
+    """Multiply-add FLOPs (2 per MAC) of one training step of the tutorial's ConvNet, per layer:
+    forward, input gradient (not for conv1: the images need none) and weight gradient."""
+    k1, k2 = kernels
+    conv1 = 2 * batch * 28 * 28 * k1 * 1 * 25  # 28x28 outputs, 5x5 window, 1 input channel
+    conv2 = 2 * batch * 14 * 14 * k2 * k1 * 25
+    fc = 2 * batch * 7 * 7 * k2 * classes
+    return {"conv1": 2 * conv1, "conv2": 3 * conv2, "fc": 3 * fc}
+
+
+def ceiling(root: Path, baseline: float | None) -> None:
+    """The machine's float32 matrix-multiply rate (what convolutions lower to) against the
+    FLOPs of a training step, and where trainjob's step time goes (torch.profiler)."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from trainjob import data, runtime
+    from trainjob.model import ConvNet
+    from trainjob.train import _prepare, make_optimizer
+
+    threads = runtime.configure(0, torch.device("cpu"))
+    a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+    rates = []
+    for _ in range(12):
+        start = time.perf_counter()
+        torch.mm(a, b)
+        rates.append(2 * 1024**3 / (time.perf_counter() - start) / 1e9)
+    gemm = statistics.median(rates[2:])
+    batch = TUTORIAL["batch_size"]
+    flops = step_flops(batch)
+    per_sample = sum(flops.values()) / batch
+    bound = gemm * 1e9 / per_sample
+    print(f"\nceiling: float32 1024^3 matrix multiply on {threads} threads: {gemm:.0f} GFLOP/s")
+    print(
+        f"  one training step = {sum(flops.values()) / 1e9:.2f} GFLOP per batch of {batch} "
+        f"({per_sample / 1e6:.1f} MFLOP/sample); all of it at that rate, nothing else costing "
+        f"anything: {bound:,.0f} samples/s"
+    )
+    if baseline:
+        print(
+            f"  3x the baseline ({3 * baseline:,.0f} samples/s) needs {3 * baseline / bound:.0%} "
+            f"of that bound end to end; the bound itself is {bound / baseline:.1f}x the baseline"
+        )
+
+    split = data.load("MNIST", root, 5).train
+    torch.manual_seed(0)
+    model = ConvNet(TUTORIAL["kernels"], TUTORIAL["classes"]).to(memory_format=torch.channels_last)
+    optimizer = make_optimizer(model, TUTORIAL["learning_rate"])
+    criterion = torch.nn.CrossEntropyLoss()
+    order = torch.randperm(len(split))
+
+    def step(i: int) -> None:  # trainjob's loop body (train.py), without logging
+        idx = order[(i % 90) * batch : (i % 90 + 1) * batch]
+        loss = criterion(model(_prepare(split.images[idx], True)), split.labels[idx])
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    for i in range(15):
+        step(i)
+    steps = 40
+    start = time.perf_counter()
+    for i in range(steps):
+        step(i)
+    step_ms = (time.perf_counter() - start) / steps * 1e3
+    with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
+        for i in range(steps):
+            step(i)
+    groups: dict[str, float] = {}
+    for event in prof.key_averages(group_by_input_shape=True):
+        shapes = str(event.input_shapes)
+        if event.key in ("aten::mkldnn_convolution", "aten::convolution_backward"):
+            layer = "conv1" if "[16, 1, 5, 5]" in shapes else "conv2"
+            label = f"{layer} {'forward' if 'mkldnn' in event.key else 'backward'}"
+        elif "pool" in event.key or "threshold" in event.key or "clamp" in event.key:
+            label = "max-pool + ReLU (forward, backward)"
+        elif event.key == "aten::fill_":
+            label = "zero-filling (max-pool backward)"
+        else:
+            label = "everything else (Adam, fc, loss, batch gather)"
+        groups[label] = groups.get(label, 0.0) + event.self_cpu_time_total / 1e3 / steps
+    total = sum(groups.values())
+    print(
+        f"  trainjob's step: {step_ms:.1f} ms ({batch / step_ms * 1e3:,.0f} samples/s); "
+        "under torch.profiler, self time per step:"
+    )
+    work = {"conv1 forward": flops["conv1"] / 2, "conv1 backward": flops["conv1"] / 2}
+    work |= {"conv2 forward": flops["conv2"] / 3, "conv2 backward": 2 * flops["conv2"] / 3}
+    for label, ms in sorted(groups.items(), key=lambda kv: -kv[1]):
+        rate = ""
+        if label in work:
+            gflops = work[label] / (ms / 1e3) / 1e9
+            rate = f"  {gflops:5.0f} GFLOP/s = {gflops / gemm:4.0%} of the ceiling"
+        print(f"    {label:48s} {ms:6.2f} ms {ms / total:4.0%}{rate}")
 
 
 # --- where the wall time of one short job goes --------------------------------------------------
@@ -371,6 +473,8 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions")
     parser.add_argument("--breakdown", action="store_true", help="also break down a 1-epoch job")
     parser.add_argument("--breakdown-only", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--ceiling", action="store_true", help="also: the machine's FLOP bound")
+    parser.add_argument("--ceiling-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--worker", help=argparse.SUPPRESS)  # internal: run the baseline
     parser.add_argument("--profile", help=argparse.SUPPRESS)  # internal: profile one job
     args, rest = parser.parse_known_args()
@@ -394,8 +498,11 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="trainjob-bench-") as name:
         tmp = Path(name)
         root = stage(source, tmp / "data")
-        if not args.breakdown_only:
-            compare(root, args.epochs, args.repeats, tmp)
+        baseline = None
+        if not args.breakdown_only and not args.ceiling_only:
+            baseline = compare(root, args.epochs, args.repeats, tmp)
+        if args.ceiling or args.ceiling_only:
+            ceiling(root, baseline)
         if args.breakdown or args.breakdown_only:
             breakdown(root, tmp)
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")

@@ -59,6 +59,8 @@ def test_history_rows_follow_log_every(finished_job) -> None:
     # step = examples seen, as in the tutorial: every full batch is BATCH examples.
     assert steps == [LOG_EVERY * BATCH * (i + 1) for i in range(len(rows))]
     assert all(isinstance(h["loss"], float) and math.isfinite(h["loss"]) for h in rows)
+    means = [h["train/loss_mean"] for h in rows]  # the interval's mean, summed on the device
+    assert all(isinstance(m, float) and math.isfinite(m) and m > 0 for m in means)
     assert [h["epoch"] for h in rows] == [(LOG_EVERY * (i + 1) - 1) // 16 for i in range(len(rows))]
     assert any(k.startswith("gradients/") for h in run.history for k in h)  # run.watch works
     assert any(k.startswith("parameters/") for h in run.history for k in h)

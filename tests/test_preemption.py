@@ -202,6 +202,11 @@ def test_history_holds_every_step_exactly_once(gauntlet, reference) -> None:
     assert len(expected) == STEPS // LOG_EVERY
     got = {row["_step"]: row["loss"] for row in rows if "loss" in row}
     assert got == expected  # same steps, bit-identical losses
+    # and interval means, whose device-side sums the checkpoints carry across the interruptions
+    mean = "train/loss_mean"
+    assert {r["_step"]: r[mean] for r in rows if "loss" in r} == {
+        r["_step"]: r[mean] for r in reference.history if "loss" in r
+    }
     accuracy = [row for row in rows if "test_accuracy" in row]
     assert [row["_step"] for row in accuracy] == [STEPS * BATCH + 1]
     assert any(k.startswith("gradients/") for row in runs[-2].history for k in row)  # watch works

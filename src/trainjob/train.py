@@ -55,9 +55,14 @@ class Progress:
     batch: int = 0  # batches finished within ``epoch``
     step: int = 0  # optimizer steps in total
     examples_seen: int = 0  # the W&B step, as in the tutorial
+    # Sum of the batch losses since the last log row (for train/loss_mean). During training
+    # this is the loop's device tensor, read only when a checkpoint is written.
+    loss_sum: float | torch.Tensor = 0.0
 
-    def state_dict(self) -> dict[str, int]:
-        return asdict(self)
+    def state_dict(self) -> dict[str, int | float]:
+        state: dict[str, int | float] = asdict(self)
+        state["loss_sum"] = float(self.loss_sum)  # a device read: only at checkpoints
+        return state
 
 
 @dataclass(frozen=True)
@@ -172,6 +177,7 @@ class GraphedStep:
         first_idx: torch.Tensor,
         cfg: LoopConfig,
         nonfinite: torch.Tensor,
+        loss_sum: torch.Tensor,
     ) -> None:
         device = data.images.device
         self.model, self.optimizer, self.criterion, self.data, self.cfg = (
@@ -219,6 +225,7 @@ class GraphedStep:
             # the eager steps, which then synchronize streams and warn.
             self.loss = self._step().detach()
             nonfinite.logical_or_(~torch.isfinite(self.loss))
+            loss_sum.add_(self.loss.float())
 
     def _step(self) -> torch.Tensor:
         x = _prepare(self.data.images[self.idx], self.cfg.channels_last)
@@ -278,6 +285,10 @@ def train(
     # and is read at each log interval and epoch end: a NaN stops the run within log_every steps.
     per_step = device.type != "cuda"
     nonfinite = torch.zeros((), dtype=torch.bool, device=device)
+    # train/loss_mean: the batch losses summed on the device between log rows (no sync); kept in
+    # ``progress`` so that a checkpoint carries it and a resumed interval has the same mean.
+    loss_sum = torch.tensor(float(progress.loss_sum), dtype=torch.float32, device=device)
+    progress.loss_sum = loss_sum
     while progress.epoch < cfg.epochs:
         epoch = progress.epoch
         epoch_start, epoch_examples, epoch_warmup = time.perf_counter(), 0, 0.0
@@ -295,14 +306,17 @@ def train(
                 set_learning_rate(optimizer, lr)
             if graphs and size == cfg.batch_size:
                 if graphed is None:  # on the first full batch: warm-up steps and the capture
-                    graphed = GraphedStep(model, optimizer, criterion, data, idx, cfg, nonfinite)
-                loss = graphed(idx)  # the divergence flag is updated inside the graph
+                    graphed = GraphedStep(
+                        model, optimizer, criterion, data, idx, cfg, nonfinite, loss_sum
+                    )
+                loss = graphed(idx)  # the divergence flag and loss_sum are updated in the graph
             else:
                 x, y = _prepare(data.images[idx], cfg.channels_last), data.labels[idx]
                 with _autocast(device, cfg.bf16):
                     loss = criterion(model(x), y)
                 loss.backward()
                 optimizer.step()
+                loss_sum.add_(loss.detach().float())
                 if not per_step:
                     nonfinite |= ~torch.isfinite(loss.detach())  # no sync: read at log intervals
             # Also after a replay: the graph writes its own gradient buffers whatever .grad
@@ -323,7 +337,10 @@ def train(
                 _check_finite(loss.item(), progress)  # CPU: not a sync
             if progress.step % cfg.log_every == 0:
                 # SYNC POINT: the only one in steady state, every log_every steps.
-                value, bad = torch.stack([loss.detach().float(), nonfinite.float()]).tolist()
+                value, bad, interval_sum = torch.stack(
+                    [loss.detach().float(), nonfinite.float(), loss_sum]
+                ).tolist()
+                loss_sum.zero_()
                 _check_finite(math.nan if bad else value, progress)
                 now = time.perf_counter()
                 rate = (progress.examples_seen - last_log_examples) / max(now - last_log_time, 1e-9)
@@ -332,6 +349,7 @@ def train(
                     {
                         "epoch": epoch,
                         "loss": value,
+                        "train/loss_mean": interval_sum / cfg.log_every,
                         "perf/samples_per_s": rate,
                     },
                     step=progress.examples_seen,
