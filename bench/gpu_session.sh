@@ -21,7 +21,7 @@ nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.max.sm 
 python3 -c "import torch; print('torch', torch.__version__, 'cuda', torch.version.cuda)"
 
 echo "== 1. CUDA tests"
-timeout 120 python3 -m pytest -q -p no:cacheprovider tests/test_cuda_graphs.py \
+timeout 120 python3 -m pytest -q -rA -p no:cacheprovider tests/test_cuda_graphs.py \
     tests/test_resilience_diverge.py -k "cuda or graph" 2>&1 | tee "$OUT/pytest.log" | tail -25
 
 echo "== 2. bench/gpu.py --variants"
