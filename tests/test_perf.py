@@ -232,3 +232,39 @@ def test_presets_are_valid_settings(preset: Path, monkeypatch: pytest.MonkeyPatc
     assert settings.epochs == int(values["TRAINJOB_EPOCHS"])
     assert settings.lr_schedule == "onecycle"
     assert Settings.model_fields["lr_schedule"].default == "none"  # the tutorial's default kept
+
+
+def test_cpu_bench_ceiling_prints_the_bound_and_a_step_profile(
+    real_mnist: Path, tmp_path: Path
+) -> None:
+    """``bench/cpu.py --ceiling``: the FLOP count it divides by is the model's, and every part of
+    a step lands in one of its rows (what the README's "Why not 3x" quotes)."""
+    sys.path.insert(0, str(ROOT / "bench"))
+    from cpu import step_flops
+
+    # by hand: conv1 28*28*16*25 MACs, conv2 14*14*32*16*25, fc 1568*10; x2 FLOPs per MAC;
+    # conv1 has no input gradient (2 passes), conv2 and fc have three
+    per_sample = 2 * (2 * 313_600 + 3 * 2_508_800 + 3 * 15_680)
+    assert sum(step_flops(1).values()) == per_sample
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(ROOT / "bench" / "cpu.py"),
+            "--ceiling-only",
+            "--data",
+            str(real_mnist),
+        ],
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert re.search(r"matrix multiply on \d+ threads: \d+ GFLOP/s", out), out
+    assert re.search(r"2\.10 GFLOP per batch of 128 .* [\d,]+ samples/s", out), out
+    rows = re.findall(
+        r"^    (conv[12] (?:forward|backward)|max-pool|zero-filling|everything)", out, re.M
+    )
+    assert len(rows) == 7, out
