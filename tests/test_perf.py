@@ -163,29 +163,27 @@ def test_loop_modules_need_neither_pydantic_nor_wandb(tmp_path: Path) -> None:
     assert "trainjob.settings" not in modules and "trainjob.tracking" not in modules
 
 
-def test_gpu_bench_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu.py")],
-        env=clean_env(tmp_path, CUDA_VISIBLE_DEVICES=""),
+def _bench(tmp_path: Path, script: str, *args: str, timeout: float, **env: str):
+    """One ``bench/`` script as a user runs it, in a clean environment rooted at ``tmp_path``."""
+    return subprocess.run(
+        [sys.executable, str(ROOT / "bench" / script), *args],
+        env=clean_env(tmp_path, **env),
+        cwd=tmp_path,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=timeout,
     )
+
+
+def test_gpu_bench_without_cuda_says_so_and_exits_0(tmp_path: Path) -> None:
+    result = _bench(tmp_path, "gpu.py", timeout=120, CUDA_VISIBLE_DEVICES="")
     assert result.returncode == 0, result.stderr
     assert "no CUDA device here" in result.stdout
     assert "Traceback" not in result.stderr
 
 
 def test_gpu_bench_cpu_smoke_runs_every_part(tmp_path: Path) -> None:
-    env = clean_env(tmp_path, CUDA_VISIBLE_DEVICES="")
-    result = subprocess.run(
-        [sys.executable, str(ROOT / "bench" / "gpu.py"), "--cpu-smoke"],
-        env=env,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=600,
-    )
+    result = _bench(tmp_path, "gpu.py", "--cpu-smoke", timeout=600, CUDA_VISIBLE_DEVICES="")
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     for part in ("(a) samples/s", "(b) time to 99%", "(c) tracking overhead", "(d) CPU smoke"):
@@ -246,20 +244,7 @@ def test_cpu_bench_ceiling_prints_the_bound_and_a_step_profile(
     # conv1 has no input gradient (2 passes), conv2 and fc have three
     per_sample = 2 * (2 * 313_600 + 3 * 2_508_800 + 3 * 15_680)
     assert sum(step_flops(1).values()) == per_sample
-    result = subprocess.run(
-        [
-            sys.executable,
-            str(ROOT / "bench" / "cpu.py"),
-            "--ceiling-only",
-            "--data",
-            str(real_mnist),
-        ],
-        env=clean_env(tmp_path),
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    result = _bench(tmp_path, "cpu.py", "--ceiling-only", "--data", str(real_mnist), timeout=300)
     assert result.returncode == 0, result.stdout + result.stderr
     out = result.stdout
     assert re.search(r"matrix multiply on \d+ threads: \d+ GFLOP/s", out), out
