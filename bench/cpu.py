@@ -298,7 +298,7 @@ def ceiling(root: Path, baseline: float | None) -> None:
     sys.path.insert(0, str(ROOT / "src"))
     from trainjob import data, runtime
     from trainjob.model import ConvNet
-    from trainjob.train import _prepare, make_optimizer
+    from trainjob.train import LoopConfig, make_optimizer, train_step
 
     threads = runtime.configure(0, torch.device("cpu"))
     a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
@@ -330,12 +330,11 @@ def ceiling(root: Path, baseline: float | None) -> None:
     optimizer = make_optimizer(model, TUTORIAL["learning_rate"])
     criterion = torch.nn.CrossEntropyLoss()
     order = torch.randperm(len(split))
+    cfg = LoopConfig(epochs=1, batch_size=batch, log_every=10**9, seed=0, progress_bar=False)
 
-    def step(i: int) -> None:  # trainjob's loop body (train.py), without logging
+    def step(i: int) -> None:  # the loop's own step (train.py), without its logging
         idx = order[(i % 90) * batch : (i % 90 + 1) * batch]
-        loss = criterion(model(_prepare(split.images[idx], True)), split.labels[idx])
-        loss.backward()
-        optimizer.step()
+        train_step(model, optimizer, criterion, split, idx, cfg)
         optimizer.zero_grad(set_to_none=True)
 
     for i in range(15):

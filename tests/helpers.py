@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import gzip
+import io
 import json
 import os
 import shutil
@@ -15,6 +16,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
+
+from trainjob.train import Hooks, Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -172,3 +176,38 @@ def read_offline_run(path: Path) -> OfflineRun:
 def offline_runs(wandb_dir: Path) -> list[Path]:
     base = wandb_dir / "wandb"
     return sorted(p for p in base.glob("offline-run-*") if p.is_dir()) if base.is_dir() else []
+
+
+class Interrupt(Exception):
+    """Where ``SaveAndStop`` stops the loop, as a preemption would."""
+
+
+class SaveAndStop(Hooks):
+    """An in-process preemption after step ``at``: model, optimizer and progress written with
+    ``torch.save`` as checkpoint.py writes them, then the loop stopped."""
+
+    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, at: int) -> None:
+        self.model, self.optimizer, self.at, self.saved = model, optimizer, at, b""
+
+    def after_step(self, progress: Progress) -> None:
+        if progress.step == self.at:
+            state = {
+                "model": self.model.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "progress": progress.state_dict(),
+            }
+            buffer = io.BytesIO()
+            torch.save(state, buffer)
+            self.saved = buffer.getvalue()
+            raise Interrupt
+
+    def state(self) -> dict[str, Any]:
+        """What was saved, read back onto the CPU as checkpoint.py reads it."""
+        return torch.load(io.BytesIO(self.saved), map_location="cpu", weights_only=True)
+
+    def resume(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer) -> Progress:
+        """Load the saved state into a fresh model and optimizer; the progress to go on from."""
+        state = self.state()
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        return Progress(**state["progress"])

@@ -7,13 +7,12 @@ everywhere.
 
 from __future__ import annotations
 
-import io
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from helpers import clean_env, run_cli
+from helpers import Interrupt, SaveAndStop, clean_env, run_cli
 
 from trainjob import data, runtime
 from trainjob.errors import DivergedError
@@ -169,30 +168,6 @@ def test_optimizer_state_of_a_graphed_run_trains_eagerly(tiny_data: Path) -> Non
     assert type(group["lr"]) is float and 0 < group["lr"] < 0.005 and not group["capturable"]
 
 
-class Interrupt(Exception):
-    pass
-
-
-class SaveAndStop(Hooks):
-    """What a preemption does: save model, optimizer and progress after step ``at``, stop."""
-
-    def __init__(self, model: torch.nn.Module, optimizer: torch.optim.Optimizer, at: int) -> None:
-        self.model, self.optimizer, self.at = model, optimizer, at
-        self.saved: bytes = b""
-
-    def after_step(self, progress: Progress) -> None:
-        if progress.step == self.at:
-            state = {
-                "model": self.model.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "progress": progress.state_dict(),
-            }
-            buffer = io.BytesIO()
-            torch.save(state, buffer)  # as checkpoint.py does, and read back onto the CPU
-            self.saved = buffer.getvalue()
-            raise Interrupt
-
-
 @needs_cuda
 @no_stream_mismatch
 def test_graphed_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny_data: Path) -> None:
@@ -217,11 +192,8 @@ def test_graphed_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny_data: P
     stop = SaveAndStop(model, optimizer, at=11)  # epoch 1, batch 3 of 8
     with pytest.raises(Interrupt):
         train(model, optimizer, criterion, split, cfg, NoTracker(), Progress(), stop)
-    state = torch.load(io.BytesIO(stop.saved), map_location="cpu", weights_only=True)
     model, optimizer = fresh()
-    model.load_state_dict(state["model"])
-    optimizer.load_state_dict(state["optimizer"])
-    progress = Progress(**state["progress"])
+    progress = stop.resume(model, optimizer)
     train(model, optimizer, criterion, split, cfg, NoTracker(), progress)
     resumed = [p.detach().cpu() for p in model.parameters()]
     assert progress.step == 16

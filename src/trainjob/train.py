@@ -153,17 +153,57 @@ def _prepare(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
     return x.contiguous(memory_format=torch.channels_last) if channels_last else x
 
 
+def train_step(
+    model: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    criterion: nn.Module,
+    data: Split,
+    idx: torch.Tensor,
+    cfg: LoopConfig,
+    autocast_cache: bool = True,
+) -> torch.Tensor:
+    """One optimizer step on the examples ``idx`` (gather, uint8 -> float, forward, loss,
+    backward, Adam): what the eager loop runs and what a CUDA graph records. Returns the loss
+    detached, so that nothing keeps the step's autograd graph alive."""
+    x = _prepare(data.images[idx], cfg.channels_last)
+    with _autocast(data.images.device, cfg.bf16, autocast_cache):
+        loss = criterion(model(x), data.labels[idx])
+    loss.backward()
+    optimizer.step()
+    return loss.detach()
+
+
+def _accumulate(loss: torch.Tensor, nonfinite: torch.Tensor, loss_sum: torch.Tensor) -> None:
+    """The step's device-side bookkeeping (no sync): the divergence flag and loss_mean's sum."""
+    nonfinite.logical_or_(~torch.isfinite(loss))
+    loss_sum.add_(loss.float())
+
+
+def _set_optimizer_form(
+    optimizer: torch.optim.Optimizer, graphs: bool, device: torch.device
+) -> None:
+    """Adam's groups as this loop's steps need them: for CUDA graphs capturable (its step count
+    stays on the device) with the learning rate in a device tensor the graph reads; otherwise a
+    float lr (a CPU refuses capturable). Both ways, because ``load_state_dict`` brings back
+    whatever form the checkpoint was written in."""
+    for group in optimizer.param_groups:
+        lr = float(group["lr"])
+        group["capturable"] = graphs
+        group["lr"] = torch.tensor(lr, dtype=torch.float32, device=device) if graphs else lr
+
+
 class GraphedStep:
     """One full-batch optimizer step (gather, uint8 -> float, forward, loss, backward, Adam)
     recorded once as a CUDA graph and then replayed: one launch per step instead of ~40. On a GPU
     this small net is bound by launch and Python overhead, not by arithmetic (issue 8).
 
     The graph reads the batch's indices from ``self.idx`` and the learning rate from a device
-    tensor, so neither needs a new capture. Adam creates its state in its first step, so a few
-    warm-up steps run before the capture (also letting cuDNN autotune); the weights and the
-    optimizer state are then put back in place (the graph holds their addresses), so a graphed
-    run computes what an eager one does. Python hooks (run.watch) do not run inside a replay;
-    settings refuse ``cuda_graphs`` with ``watch_log`` other than none.
+    tensor (``_set_optimizer_form``), so neither needs a new capture. Adam creates its state in
+    its first step, so a few warm-up steps run before the capture (also letting cuDNN
+    autotune); the weights and the optimizer state are then put back in place (the graph holds
+    their addresses), so a graphed run computes what an eager one does. Python hooks
+    (run.watch) do not run inside a replay; settings refuse ``cuda_graphs`` with ``watch_log``
+    other than none.
     """
 
     WARMUP_STEPS = 3
@@ -180,21 +220,12 @@ class GraphedStep:
         loss_sum: torch.Tensor,
     ) -> None:
         device = data.images.device
-        self.model, self.optimizer, self.criterion, self.data, self.cfg = (
-            model,
-            optimizer,
-            criterion,
-            data,
-            cfg,
-        )
-        for group in optimizer.param_groups:
-            # Capturable Adam keeps its step count on the device and reads lr from a tensor.
-            group["capturable"] = True
-            lr = group["lr"]
-            if not isinstance(lr, torch.Tensor) or lr.device != device:
-                group["lr"] = torch.tensor(float(lr), dtype=torch.float32, device=device)
         self.idx = first_idx.clone()
-        params = [t for t in model.state_dict().values()]
+
+        def step() -> torch.Tensor:
+            return train_step(model, optimizer, criterion, data, self.idx, cfg, False)
+
+        params = list(model.state_dict().values())
         saved_params = [t.detach().clone() for t in params]
         saved_state = {
             p: {k: v.detach().clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
@@ -204,7 +235,7 @@ class GraphedStep:
         side.wait_stream(torch.cuda.current_stream(device))
         with torch.cuda.stream(side):
             for _ in range(self.WARMUP_STEPS):
-                self._step()
+                step()
                 optimizer.zero_grad(set_to_none=True)
         torch.cuda.current_stream(device).wait_stream(side)
         with torch.no_grad():  # undo the warm-up steps, in place
@@ -220,20 +251,11 @@ class GraphedStep:
         optimizer.zero_grad(set_to_none=True)
         self.graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(self.graph):
-            # detach: the output buffer is all a replay needs; holding the captured autograd
-            # graph would keep its AccumulateGrad nodes (made on the capture stream) alive for
-            # the eager steps, which then synchronize streams and warn.
-            self.loss = self._step().detach()
-            nonfinite.logical_or_(~torch.isfinite(self.loss))
-            loss_sum.add_(self.loss.float())
-
-    def _step(self) -> torch.Tensor:
-        x = _prepare(self.data.images[self.idx], self.cfg.channels_last)
-        with _autocast(self.data.images.device, self.cfg.bf16, cache=False):
-            loss = self.criterion(self.model(x), self.data.labels[self.idx])
-        loss.backward()
-        self.optimizer.step()
-        return loss
+            # train_step's loss is detached: the output buffer is all a replay needs; holding
+            # the captured autograd graph would keep its AccumulateGrad nodes (made on the
+            # capture stream) alive for the eager steps, which then synchronize streams and warn.
+            self.loss = step()
+            _accumulate(self.loss, nonfinite, loss_sum)
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         self.idx.copy_(idx)  # device to device, no sync
@@ -270,13 +292,7 @@ def train(
     peak_lr = float(optimizer.defaults["lr"])
     graphs = cfg.cuda_graphs and device.type == "cuda"
     graphed: GraphedStep | None = None
-    if not graphs:
-        # A checkpoint from a graphed run carries capturable Adam groups with a tensor lr; eager
-        # steps (and a CPU, where capturable is refused) want the plain float form back.
-        for group in optimizer.param_groups:
-            if isinstance(group["lr"], torch.Tensor):
-                group["lr"] = float(group["lr"])
-            group["capturable"] = False
+    _set_optimizer_form(optimizer, graphs, device)
     seen_shapes: set[int] = set()
     model.train()
     last_log_time, last_log_examples = time.perf_counter(), progress.examples_seen
@@ -311,14 +327,8 @@ def train(
                     )
                 loss = graphed(idx)  # the divergence flag and loss_sum are updated in the graph
             else:
-                x, y = _prepare(data.images[idx], cfg.channels_last), data.labels[idx]
-                with _autocast(device, cfg.bf16):
-                    loss = criterion(model(x), y)
-                loss.backward()
-                optimizer.step()
-                loss_sum.add_(loss.detach().float())
-                if not per_step:
-                    nonfinite |= ~torch.isfinite(loss.detach())  # no sync: read at log intervals
+                loss = train_step(model, optimizer, criterion, data, idx, cfg)
+                _accumulate(loss, nonfinite, loss_sum)  # no sync: read at log intervals
             # Also after a replay: the graph writes its own gradient buffers whatever .grad
             # holds, and an eager (partial) batch must not accumulate into them.
             optimizer.zero_grad(set_to_none=True)
@@ -338,7 +348,7 @@ def train(
             if progress.step % cfg.log_every == 0:
                 # SYNC POINT: the only one in steady state, every log_every steps.
                 value, bad, interval_sum = torch.stack(
-                    [loss.detach().float(), nonfinite.float(), loss_sum]
+                    [loss.float(), nonfinite.float(), loss_sum]
                 ).tolist()
                 loss_sum.zero_()
                 _check_finite(math.nan if bad else value, progress)
