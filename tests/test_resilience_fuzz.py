@@ -7,12 +7,10 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import subprocess
-import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from helpers import SRC, clean_env
+from helpers import SRC, clean_env, run_cli
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
@@ -125,14 +123,7 @@ def test_invalid_invocations_exit_2_with_the_same_line(variables, argv, tmp_path
     ours = {k: v for k, v in env.items() if k.upper().startswith(("TRAINJOB_", "WANDB_"))}
     expected = outcome(ours, argv)
     assume(isinstance(expected, ConfigError))  # valid settings would start training
-    result = subprocess.run(
-        [sys.executable, "-m", "trainjob", *argv],
-        env=env,
-        cwd=tmp,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    result = run_cli(argv, env, tmp, timeout=60)
     assert result.returncode == 2, result.stderr
     assert "Traceback" not in result.stderr + result.stdout
     assert result.stderr.splitlines() == [f"trainjob: error: {expected}"]

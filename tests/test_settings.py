@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
-from helpers import SRC, clean_env
+from helpers import SRC, clean_env, run_cli
 
 from trainjob.cli import load_settings, split_command
 from trainjob.errors import ConfigError
@@ -98,14 +97,7 @@ def _cli(args: list[str], tmp_path: Path, **env: str) -> subprocess.CompletedPro
     environ = clean_env(tmp_path)
     environ.update(env)
     environ["PYTHONPATH"] = str(SRC)
-    return subprocess.run(
-        [sys.executable, "-m", "trainjob", *args],
-        env=environ,
-        cwd=tmp_path,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_cli(args, environ, tmp_path, timeout=60)
 
 
 # (env, argv, text the one-line message must contain): each must exit 2, no traceback.
