@@ -395,16 +395,13 @@ def profile_worker(argv: list[str], out: str) -> None:
     """Run ``python -m trainjob ARGV`` under cProfile; write {phase: seconds} to ``out``."""
     import cProfile
     import pstats
-    import runpy
+
+    from trainjob.__main__ import main as trainjob_main  # not cli(): its os._exit ends us too
 
     profile = cProfile.Profile()
     sys.argv = ["trainjob", *argv]
-    code = 0
     profile.enable()
-    try:
-        runpy.run_module("trainjob", run_name="__main__")
-    except SystemExit as exc:
-        code = exc.code if isinstance(exc.code, int) else 1
+    code = trainjob_main(argv)
     profile.disable()
     stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
     phases = {}
@@ -427,6 +424,33 @@ def import_seconds(modules: list[str]) -> dict[str, float]:
     return seconds
 
 
+def exit_cost(argv: list[str], tmp: Path, repeats: int = 3) -> None:
+    """``python -m trainjob`` (its quick exit: atexit handlers, then ``os._exit``) against the
+    same ``main()`` ended by Python's normal exit (interpreter teardown), interleaved."""
+    normal = "import sys; from trainjob.__main__ import main; sys.exit(main())"
+    commands = {"quick": ["-m", "trainjob"], "normal": ["-c", normal]}
+    walls: dict[str, list[float]] = {name: [] for name in commands}
+    for rep in range(repeats):
+        for name, command in commands.items():
+            work = tmp / f"exit-{name}-{rep}"
+            work.mkdir()
+            env = child_env(work, "offline") | {"TRAINJOB_ONNX_EXPORTER": "torchscript"}
+            start = time.perf_counter()
+            done = subprocess.run(
+                [sys.executable, *command, *argv], env=env, cwd=work, capture_output=True
+            )
+            walls[name].append(time.perf_counter() - start)
+            if done.returncode != 0:
+                print(f"  exit comparison: the {name} run failed (exit {done.returncode})")
+                return
+    quick, normal_wall = statistics.median(walls["quick"]), statistics.median(walls["normal"])
+    print(
+        f"  process wall, torchscript, quick exit {quick:.1f} s vs normal exit {normal_wall:.1f} s "
+        f"(median of {repeats}): {normal_wall - quick:.1f} s saved, "
+        f"ratio {normal_wall / quick:.2f}x"
+    )
+
+
 def breakdown(root: Path, tmp: Path) -> None:
     print("\nwall time of `python -m trainjob --epochs 1` (tutorial settings, W&B offline):")
     argv = ["--data_dir", str(root), "--epochs", "1", "--data_slice", "5"]
@@ -440,6 +464,7 @@ def breakdown(root: Path, tmp: Path) -> None:
         )
         wall = time.perf_counter() - start
         print(f"  process wall, onnx_exporter={exporter}: {wall:.1f} s (exit {done.returncode})")
+    exit_cost(argv, tmp)
     work = tmp / "profile"
     work.mkdir()
     env = child_env(work, "offline") | {"TRAINJOB_ONNX_EXPORTER": "dynamo"}
@@ -453,6 +478,9 @@ def breakdown(root: Path, tmp: Path) -> None:
         check=False,
     )
     wall = time.perf_counter() - start
+    if not result.exists():
+        print(f"  the cProfile run wrote no phases ({result}); skipped")
+        return
     phases = json.loads(result.read_text())["phases"]
     print(f"  under cProfile (dynamo), {wall:.1f} s in all; cumulative seconds per phase:")
     for label, seconds in phases.items():
