@@ -253,3 +253,19 @@ def test_cpu_bench_ceiling_prints_the_bound_and_a_step_profile(
         r"^    (conv[12] (?:forward|backward)|max-pool|zero-filling|everything)", out, re.M
     )
     assert len(rows) == 7, out
+
+
+def test_two_process_experiment_merges_the_whole_gradient_and_reports_every_mode(
+    real_mnist: Path, tmp_path: Path
+) -> None:
+    """``bench/cpu_two_process.py`` (the data-parallel experiment the README quotes): the
+    gradient merged from two processes is one process's, and each mode gets a figure."""
+    args = ("--data", str(real_mnist), "--epochs", "2", "--repeats", "1", "--data-slice", "50")
+    result = _bench(tmp_path, "cpu_two_process.py", *args, timeout=300)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    difference = re.search(r"two processes vs one: max relative difference (\S+)", out)
+    assert difference and float(difference.group(1)) < 1e-4, out
+    for mode in ("one process, 2 threads", "one process, 1 thread", "two processes, 1 thread"):
+        assert re.search(rf"^  {mode}.* +[\d,]+ \[", out, re.M), out
+    assert re.search(r"two processes / one process with 2 threads: [\d.]+x", out), out
