@@ -424,6 +424,16 @@ def import_seconds(modules: list[str]) -> dict[str, float]:
     return seconds
 
 
+def timed_job(command: list[str], argv: list[str], work: Path, exporter: str) -> tuple[float, int]:
+    """Wall seconds and exit status of one ``python COMMAND ARGV`` job in the fresh folder
+    ``work`` (W&B offline, the given ONNX exporter)."""
+    work.mkdir()
+    env = child_env(work, "offline") | {"TRAINJOB_ONNX_EXPORTER": exporter}
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, *command, *argv], env=env, cwd=work, capture_output=True)
+    return time.perf_counter() - start, done.returncode
+
+
 def exit_cost(argv: list[str], tmp: Path, repeats: int = 3) -> None:
     """``python -m trainjob`` (its quick exit: atexit handlers, then ``os._exit``) against the
     same ``main()`` ended by Python's normal exit (interpreter teardown), interleaved."""
@@ -432,16 +442,10 @@ def exit_cost(argv: list[str], tmp: Path, repeats: int = 3) -> None:
     walls: dict[str, list[float]] = {name: [] for name in commands}
     for rep in range(repeats):
         for name, command in commands.items():
-            work = tmp / f"exit-{name}-{rep}"
-            work.mkdir()
-            env = child_env(work, "offline") | {"TRAINJOB_ONNX_EXPORTER": "torchscript"}
-            start = time.perf_counter()
-            done = subprocess.run(
-                [sys.executable, *command, *argv], env=env, cwd=work, capture_output=True
-            )
-            walls[name].append(time.perf_counter() - start)
-            if done.returncode != 0:
-                print(f"  exit comparison: the {name} run failed (exit {done.returncode})")
+            wall, code = timed_job(command, argv, tmp / f"exit-{name}-{rep}", "torchscript")
+            walls[name].append(wall)
+            if code != 0:
+                print(f"  exit comparison: the {name} run failed (exit {code})")
                 return
     quick, normal_wall = statistics.median(walls["quick"]), statistics.median(walls["normal"])
     print(
@@ -455,15 +459,8 @@ def breakdown(root: Path, tmp: Path) -> None:
     print("\nwall time of `python -m trainjob --epochs 1` (tutorial settings, W&B offline):")
     argv = ["--data_dir", str(root), "--epochs", "1", "--data_slice", "5"]
     for exporter in ("dynamo", "torchscript"):
-        work = tmp / f"wall-{exporter}"
-        work.mkdir()
-        env = child_env(work, "offline") | {"TRAINJOB_ONNX_EXPORTER": exporter}
-        start = time.perf_counter()
-        done = subprocess.run(
-            [sys.executable, "-m", "trainjob", *argv], env=env, cwd=work, capture_output=True
-        )
-        wall = time.perf_counter() - start
-        print(f"  process wall, onnx_exporter={exporter}: {wall:.1f} s (exit {done.returncode})")
+        wall, code = timed_job(["-m", "trainjob"], argv, tmp / f"wall-{exporter}", exporter)
+        print(f"  process wall, onnx_exporter={exporter}: {wall:.1f} s (exit {code})")
     exit_cost(argv, tmp)
     work = tmp / "profile"
     work.mkdir()
