@@ -40,12 +40,13 @@ from torch import nn
 
 from trainjob.data import Split, load, to_float
 from trainjob.model import ConvNet
-from trainjob.train import epoch_order, make_optimizer
+from trainjob.train import LoopConfig, epoch_order, make_optimizer, train_step
 
 BATCH, LR = 128, 0.005
 
 
 def batch(data: Split, idx: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """A half batch as train_step prepares a whole one (its loss here is a sum over the half)."""
     x = to_float(data.images[idx]).contiguous(memory_format=torch.channels_last)
     return x, data.labels[idx]
 
@@ -89,19 +90,22 @@ class TwoProcess:
             "loss": torch.zeros(()).share_memory_(),
         }
         context = mp.get_context("spawn")
-        go_r, go_w = context.Pipe(duplex=False)
-        ready_r, ready_w = context.Pipe(duplex=False)
-        self._pipes = (go_r, go_w, ready_r, ready_w)
-        self.go_fd, self.ready_fd = go_w.fileno(), ready_r.fileno()
+        go_r, self._go = context.Pipe(duplex=False)
+        self._ready, ready_w = context.Pipe(duplex=False)
+        self.go_fd, self.ready_fd = self._go.fileno(), self._ready.fileno()
         self.proc = context.Process(
             target=helper, args=(model, data, self.shared, go_r, ready_w), daemon=True
         )
         self.proc.start()
+        # The helper has its own copies now; without ours, its death reads as EOF, not a hang.
+        go_r.close()
+        ready_w.close()
         for k, p in enumerate(params):
 
             def merge(grad: torch.Tensor, k: int = k) -> torch.Tensor:
                 got = os.read(self.ready_fd, 1)
-                assert got == bytes([k]), (got, k)  # both backwards run in the same order
+                # both backwards run in the same order; b"" means the helper is gone
+                assert got == bytes([k]), f"helper sent {got!r}, expected parameter {k}"
                 return grad + self.shared[f"grad{k}"]
 
             p.register_hook(merge)
@@ -127,15 +131,6 @@ class TwoProcess:
         self.proc.join(timeout=10)
 
 
-def one_step(model, optimizer, criterion, data: Split, idx: torch.Tensor) -> float:
-    x, y = batch(data, idx)
-    loss = criterion(model(x), y)
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    return loss.item()
-
-
 def run(data: Split, mode: str, epochs: int, seed: int = 0) -> float:
     """Steady-state samples/s: the mean over epochs 2.. of ``epochs``."""
     torch.set_num_threads(2 if mode == "one process, 2 threads" else 1)
@@ -143,6 +138,7 @@ def run(data: Split, mode: str, epochs: int, seed: int = 0) -> float:
     model = ConvNet().to(memory_format=torch.channels_last)
     optimizer = make_optimizer(model, LR)
     criterion = nn.CrossEntropyLoss()
+    cfg = LoopConfig(epochs=epochs, batch_size=BATCH, log_every=10**9, seed=seed)
     two = TwoProcess(model, data) if mode == "two processes, 1 thread each" else None
     n, timed = len(data), []
     try:
@@ -153,8 +149,9 @@ def run(data: Split, mode: str, epochs: int, seed: int = 0) -> float:
                 idx = order[b : b + BATCH]
                 if two is not None:
                     two.step(optimizer, idx)
-                else:
-                    one_step(model, optimizer, criterion, data, idx)
+                else:  # the job's own step (trainjob.train), as bench/cpu.py --ceiling times it
+                    train_step(model, optimizer, criterion, data, idx, cfg).item()
+                    optimizer.zero_grad(set_to_none=True)
             timed.append(n / (time.perf_counter() - start))
     finally:
         if two is not None:
