@@ -3,7 +3,7 @@ SHELL := /bin/bash
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
-# Real MNIST, when this checkout sits beside the team's shared folder (CI does).
+# Real MNIST, when this checkout sits beside a ../shared/data/mnist folder (CI's does).
 MNIST_SRC ?= $(firstword $(wildcard ../shared/data/mnist))
 export MNIST_TEST_DIR ?= $(if $(MNIST_SRC),$(abspath $(MNIST_SRC)))
 

@@ -3,7 +3,7 @@ trainjob's own tracking overhead, all measured in one invocation; optionally whe
 time of a `trainjob --epochs 1` goes.
 
     python bench/cpu.py                      # the tutorial's 5 epochs, 3 interleaved repetitions
-    python bench/cpu.py --epochs 3 --repeats 5 --data ../shared/data/mnist
+    python bench/cpu.py --epochs 3 --repeats 5 --data DIR  # a folder of the four MNIST .gz files
     python bench/cpu.py --breakdown          # also: wall-time breakdown of one short job
     python bench/cpu.py --ceiling            # also: the FLOP bound and where a step's time goes
     make bench
@@ -16,7 +16,8 @@ offline W&B run with watch(log="all", log_freq=10) and a log every 25 batches:
   torchvision MNIST with ``transforms.ToTensor()`` (a PIL image per sample), ``Subset`` [::5],
   ``DataLoader(batch_size=128, shuffle=True, pin_memory=True, num_workers=2)``, its ConvNet
   class, ``loss`` logged at step = examples seen. Minus the tutorial's ``wandb.init`` inside
-  ``train_log``, which finishes the run and crashes the watch hooks (see shared FACTS.md).
+  ``train_log``, which finishes the run and crashes the watch hooks (one active run per process:
+  https://docs.wandb.ai/models/runs/multiple-runs-per-process).
 - trainjob: ``python -m trainjob`` itself, as a user runs it (its last line reports the
   steady-state samples/s); then again with ``WANDB_MODE=disabled`` for the tracking overhead.
 
@@ -159,7 +160,7 @@ def find_data(arg: str | None) -> Path:
 
 def stage(source: Path, target: Path) -> Path:
     """Uncompressed copies in ``target/MNIST/raw`` (torchvision's layout, read by both sides):
-    the source folder (e.g. the team's shared copy) is never written to."""
+    the source folder (e.g. a shared, read-only copy) is never written to."""
     raw = target / "MNIST" / "raw"
     raw.mkdir(parents=True)
     for name in RAW:

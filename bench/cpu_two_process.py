@@ -1,5 +1,5 @@
 """An experiment, not a feature: does data parallelism over two single-threaded processes beat
-one process with two threads for the tutorial's ConvNet on this 2-core CPU?
+one process with two threads for the tutorial's ConvNet on a 2-core CPU?
 
 A step of one process with two OpenMP threads spends much of its time in small ops that do not
 scale over threads (conv1 with one input channel, pooling, ReLU, Adam) and in waking the second
@@ -12,7 +12,7 @@ batch's gradient. Both halves' losses are sums divided by the whole batch size, 
 gradient is the batch-mean gradient of one process, up to float summation order (checked below).
 Only the main process steps Adam; the helper reads the updated weights in place.
 
-    python bench/cpu_two_process.py --data ../shared/data/mnist [--epochs 3] [--repeats 3]
+    python bench/cpu_two_process.py --data DIR [--epochs 3] [--repeats 3]
 
 Prints steady-state samples/s (first epoch = warm-up) for one process with 2 threads, one with
 1 thread, and two processes with 1 thread each, interleaved, and the ratios.

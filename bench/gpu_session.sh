@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Everything that needs a GPU, in one call on a lent GPU machine (the workplace's `device` tool;
-# any machine with CUDA and python3 + torch works). Logs go to $OUT (default ./gpu-logs).
+# Everything that needs a GPU, in one call on a GPU machine (any machine with
+# CUDA and python3 + torch). Logs go to $OUT (default ./gpu-logs).
 #   1. the CUDA tests (tests/test_cuda_graphs.py, the CUDA divergence test)
 #   2. bench/gpu.py --variants: parts (a)-(e) on full MNIST
 #   3. one real job with presets/fast-h100.env, W&B offline, ONNX export, its summary
 # Prepared beforehand (both ignored by git, carried to the machine):
-#   .whl/        wheels for what the machine lacks (wandb, pydantic-settings, ...; see README)
-#   .benchdata/  the four MNIST *-ubyte.gz files (cp ../shared/data/mnist/*.gz .benchdata/)
+#   .whl/        wheels for what the machine lacks (wandb, pydantic-settings, ...; see docs/performance.md)
+#   .benchdata/  the four MNIST *-ubyte.gz files (copied from wherever MNIST is)
 set -uo pipefail
 OUT=${OUT:-$PWD/gpu-logs}
 mkdir -p "$OUT"

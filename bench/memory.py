@@ -1,4 +1,4 @@
-"""Memory over a long run (issue 7, item 9): RSS of this process and of wandb-core while
+"""Memory over a long run: RSS of this process and of wandb-core while
 (a) logging 100k steps through the job's Tracker and (b) training 1k epochs of tiny data with
 the real loop, both into an offline W&B run. Prints RSS samples and the growth after warm-up;
 not a test (no timed or sized asserts), a measurement to report.

@@ -1,4 +1,4 @@
-"""How long a job waits for a W&B server that is down, and what it does then (issue 7).
+"""How long a job waits for a W&B server that is down, and what it does then.
 
 For each failure of tests/fake_wandb.py (refused, HTTP 500, hanging, rejecting the key, dying
 right after the run is created) one real ``python -m trainjob`` on tiny synthetic data, online

@@ -1,4 +1,4 @@
-"""A stand-in W&B server on 127.0.0.1 for the failure tests (issue 7), run as a child process.
+"""A stand-in W&B server on 127.0.0.1 for the failure tests, run as a child process.
 
 Modes: ``ok`` (answers the few GraphQL calls wandb-core makes for a run and takes file_stream
 uploads), ``500`` (every request fails), ``401`` (every request is unauthorized), ``hang``

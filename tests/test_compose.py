@@ -1,6 +1,6 @@
 """docker/: the compose file (one sweep agent per GPU) and the documented env file.
 
-`docker compose config` needs the compose plugin, which this machine's docker CLI lacks; the
+`docker compose config` needs the compose plugin, which not every docker CLI has; the
 file is read with PyYAML (merge keys resolved as compose does) and checked by yamllint, and
 `docker compose config` runs too where the plugin exists.
 """

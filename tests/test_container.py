@@ -212,7 +212,7 @@ def read_only_prefix(ws: Path) -> list[str]:
 
 @pytest.fixture(scope="module")
 def read_only_root(tmp_path_factory: pytest.TempPathFactory) -> bool:
-    """True when this machine can run a command with everything but one folder read-only."""
+    """True when the host can run a command with everything but one folder read-only."""
     if not shutil.which("unshare"):
         return False
     tmp = tmp_path_factory.mktemp("ro-probe")
@@ -239,7 +239,7 @@ def image_env(ws: Path, **overrides: str) -> dict[str, str]:
 
 def image_command(*args: str) -> list[str]:
     """ENTRYPOINT + CMD (+ args, as after the image name in `docker run`), with the image's
-    python replaced by this venv's and tini taken from this machine (or left out)."""
+    python replaced by this venv's and tini taken from the host (or left out)."""
     final = parse(DOCKERFILE).final
     argv = [*exec_form(final.last("ENTRYPOINT")), *exec_form(final.last("CMD")), *args]
     argv = [sys.executable if a == IMAGE_PYTHON else a for a in argv]

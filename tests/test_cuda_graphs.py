@@ -1,8 +1,8 @@
-"""``cuda_graphs`` (issue 8): full-batch steps recorded once as a CUDA graph and replayed.
+"""``cuda_graphs``: full-batch steps recorded once as a CUDA graph and replayed.
 
-The CUDA tests run only where a GPU is (the development machines have none; ``bench/gpu.py``
-and these were run on a lent H200, see the README). The settings rule and the CPU no-op run
-everywhere.
+The CUDA tests run only where a GPU is and skip elsewhere; they and ``bench/gpu.py`` passed on
+an NVIDIA H200 and an H100 on 2026-11-27 (bench/results/gpu-*-2026-11-27*.log).
+The settings rule and the CPU no-op run everywhere.
 """
 
 from __future__ import annotations

@@ -39,12 +39,12 @@ OVERLAYS = ("train", "sweep-agents", "offline", "offline-sweep")
 MAIN = "trainjob"  # the training container's name (podFailurePolicy rules name it)
 SECRET, SECRET_KEY = "trainjob-wandb", "WANDB_API_KEY"
 GPU = "nvidia.com/gpu"
-# The image's exec-form ENTRYPOINT (issue 5): the pods set only `args` for the trainjob container.
+# The image's exec-form ENTRYPOINT: the pods set only `args` for the trainjob container.
 IMAGE_ENTRYPOINT = ("python", "-m", "trainjob")
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 IN_CI = bool(os.environ.get("CI"))
 SWEEP_CONFIGMAP = ("trainjob-sweep", "TRAINJOB_SWEEP_ID")  # created by the user, per sweep
-SWEEP_CODE = (SRC / "trainjob" / "sweep.py").exists()  # issue 3
+SWEEP_CODE = (SRC / "trainjob" / "sweep.py").exists()  # the sweep code, which the agent pods run
 
 # What each exit code does to a Job, decided once (README "Kubernetes" explains it). A new
 # ExitCode member fails test_pod_failure_policy_matches_exit_codes until it is decided here.
@@ -396,7 +396,7 @@ def test_security_context_is_restricted(rendered: dict[str, list[dict[str, Any]]
     for overlay, job in jobs(rendered):
         pod = job["spec"]["template"]["spec"]
         assert restricted_violations(pod) == [], overlay
-        assert pod["securityContext"]["runAsUser"] == 10001  # the image's user (issue 5)
+        assert pod["securityContext"]["runAsUser"] == 10001  # the image's user (Dockerfile USER)
 
 
 @pytest.mark.parametrize(
@@ -494,7 +494,7 @@ def test_offline_sweep_is_an_indexed_job_over_a_grid(
     job = main_job(docs)
     spec = job["spec"]
     env = {e["name"]: e.get("value") for e in containers(job)[0]["env"]}
-    workers = int(env["JOB_COMPLETIONS"])  # N for `trainjob sweep run` (issue 3)
+    workers = int(env["JOB_COMPLETIONS"])  # N for `trainjob sweep run`
     assert spec["completionMode"] == "Indexed"
     assert spec["completions"] == spec["parallelism"] == workers
     # i comes from JOB_COMPLETION_INDEX, which the Job controller sets in every pod.
@@ -529,7 +529,7 @@ def test_sync_job_is_bounded_suspended_and_reads_the_same_volume(
     for overlay in ("offline", "offline-sweep"):
         docs = rendered[overlay]
         sync, train = sync_job(docs), main_job(docs)
-        # `wandb sync` retries forever without a server (shared/FACTS.md): the deadline ends it.
+        # `wandb sync` retries forever without a server (wandb 0.31): the deadline ends it.
         assert 0 < sync["spec"]["activeDeadlineSeconds"] <= 24 * 3600, overlay
         assert sync["spec"]["suspend"] is True, overlay  # started once the runs are complete
         c = containers(sync)[0]
@@ -578,7 +578,7 @@ def test_rwx_checkpoints_component_renders(tmp_path: Path) -> None:
 def test_dockerfile_entrypoint_matches_what_the_pods_assume() -> None:
     dockerfile = ROOT / "Dockerfile"
     if not dockerfile.exists():
-        pytest.skip("no Dockerfile in this checkout (issue 5)")
+        pytest.skip("no Dockerfile in this checkout")
     entry = re.findall(r"^ENTRYPOINT\s+(\[.*\])\s*$", dockerfile.read_text(), re.M)
     assert entry, "the image needs an exec-form ENTRYPOINT"
     argv = json.loads(entry[-1])
@@ -837,12 +837,12 @@ def test_offline_pod_then_sync_pod_find_the_run(
     assert out.returncode == 1 and "No API key configured" in out.stderr, out.stderr
 
 
-NO_SWEEP = "src/trainjob/sweep.py (issue 3) is not in this checkout; tested up to that boundary"
+NO_SWEEP = "src/trainjob/sweep.py is not in this checkout; tested up to that boundary"
 
 
 def boundary(pod: LocalPod) -> dict[str, Any]:
     """Run trainjob's own command dispatch and settings loading with the pod's env and args,
-    stopping where the sweep code (issue 3) takes over."""
+    stopping where the sweep code takes over."""
     script = (
         "import json, sys\n"
         "from trainjob.cli import load_settings, split_command\n"

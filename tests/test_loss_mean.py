@@ -1,4 +1,4 @@
-"""``train/loss_mean`` (issue 8: metrics accumulated on the device): the mean batch loss over each
+"""``train/loss_mean`` (a metric accumulated on the device): the mean batch loss over each
 log interval, summed on the device with no sync, carried by checkpoints so that a resumed
 interval logs the same mean as an uninterrupted one."""
 

@@ -1,4 +1,4 @@
-"""Real MNIST (../shared/data/mnist via MNIST_TEST_DIR): one epoch at the tutorial's
+"""Real MNIST (the folder in MNIST_TEST_DIR; skipped when unset): one epoch at the tutorial's
 settings must reach the accuracy floor.
 
 Floor: seeds 0-3 gave 0.9635, 0.9670, 0.9675, 0.9640 (mean 0.9655, spread 0.004) after 1 epoch

@@ -1,4 +1,4 @@
-"""Data problems (issue 7, item 4): missing, truncated or corrupt IDX files, a checksum mismatch,
+"""Data problems: missing, truncated or corrupt IDX files, a checksum mismatch,
 an unwritable data folder. Each is one DataError/StorageError line naming the file and what to
 do; in a real job: exit 3 (5 for an unwritable folder) and no traceback."""
 

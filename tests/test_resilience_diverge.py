@@ -1,4 +1,4 @@
-"""Diverging training (issue 7, item 3): a non-finite loss stops the run at once, the W&B run is
+"""Diverging training: a non-finite loss stops the run at once, the W&B run is
 marked failed (its exit record holds 4) and the job exits 4.
 
 Adam at the largest allowed learning rate (10) does not produce a NaN on this data within

@@ -1,4 +1,4 @@
-"""Fuzzing the settings (issue 7, item 8): every generated environment (TRAINJOB_* variables,
+"""Fuzzing the settings: every generated environment (TRAINJOB_* variables,
 flags, WANDB_MODE) either validates or fails with a one-line ConfigError, never anything else;
 in a real process that is exit 2 and exactly that line on stderr, never a traceback."""
 

@@ -1,4 +1,4 @@
-"""Storage (issue 7, items 5 and 6): unwritable output, checkpoint and W&B folders are refused
+"""Storage: unwritable output, checkpoint and W&B folders are refused
 at start, before any training (exit 5); a full disk while writing a checkpoint or the model
 keeps the previous good file and says so (exit 5). "Full" is a real small tmpfs where mount is
 allowed (ENOSPC), and a file size limit everywhere (RLIMIT_FSIZE: EFBIG, same code path)."""

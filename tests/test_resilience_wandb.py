@@ -2,7 +2,7 @@
 online mode with a canary API key: refused, 500, hanging, dying mid-run, rejecting the key.
 Each job is a real ``python -m trainjob``; its offline/online run files are read back, the
 printed ``wandb sync`` command is run against a live fake server, and every byte the jobs
-wrote is searched for the key (issue 7, items 1, 2 and 7)."""
+wrote is searched for the key."""
 
 from __future__ import annotations
 

@@ -62,7 +62,7 @@ def cli() -> None:
     the run file), logging's flush and temporary-directory cleanup are atexit handlers, and
     checkpoints and the model are written and renamed before ``main`` returns. What ``os._exit``
     skips is the interpreter's own teardown, which for a process that imported torch, wandb and
-    the ONNX exporter is 1-2 s of freeing objects and modules on this 2-core machine: a fifth of
+    the ONNX exporter is 1-2 s of freeing objects and modules on a 2-core EPYC VM: a fifth of
     a short job's wall time, and of every sweep trial started as a process. Where a non-daemon
     thread still runs, Python's normal exit (which joins it) is taken instead.
     """

@@ -36,7 +36,7 @@ CLASSES = 10  # labels of all three datasets are 0-9
 # N x 28 x 28), 0x00000801 = uint8 with 1 dimension (labels N).
 IDX_MAGIC = {"images": (0x00000803, 3), "labels": (0x00000801, 1)}
 # The official files: their uncompressed sizes (the same for MNIST, FashionMNIST and KMNIST) and
-# the MD5 of MNIST's uncompressed files (measured, shared/FACTS.md). Recompressing a .gz changes
+# the MD5 of MNIST's uncompressed files (of the official files). Recompressing a .gz changes
 # its MD5, not these. FashionMNIST/KMNIST only have torchvision's MD5s of their .gz files.
 OFFICIAL_SIZES = {
     "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
@@ -91,7 +91,7 @@ def _stage_raw_files(root: Path, name: str) -> None:
 
     Accepted sources, first found wins: the torchvision layout itself, its ``.gz`` as torchvision
     downloads it, or a flat folder of ``.gz`` / uncompressed files as the IDX files are
-    distributed (e.g. ``../shared/data/mnist``).
+    distributed (e.g. a shared, read-only copy of the four ``.gz`` files).
     """
     raw = _raw_dir(root, name)
     for base in (*RAW_FILES["train"], *RAW_FILES["test"]):

@@ -1,11 +1,12 @@
 """Everything W&B: one run per process, created here and passed around explicitly.
 
 W&B's tutorial calls ``wandb.init`` again inside ``train_log``; with wandb 0.31 that finishes
-the active run and the ``watch`` hooks then crash (see shared/FACTS.md). So the job creates
+the active run and the ``watch`` hooks then crash (one active run per process by default:
+https://docs.wandb.ai/models/runs/multiple-runs-per-process). So the job creates
 exactly one run here and hands a ``Tracker`` to the loop. ``WANDB_MODE=disabled`` gives a
 run object with the same methods: no ``if wandb:`` anywhere else.
 
-A W&B server that is down, slow or gone never stops or hangs a job (issue 7): ``choose_mode``
+A W&B server that is down, slow or gone never stops or hangs a job: ``choose_mode``
 bounds the first contact and falls back offline in this process, ``Tracker.finish`` bounds the
 final upload, and the job prints the exact ``wandb sync`` command for whatever the server has
 not got. tests/test_resilience_wandb.py runs each case against a local fake server.
@@ -255,8 +256,8 @@ def check_server(timeout: float) -> str | None:
     when it rejects the key (HTTP 401/403) or the key is malformed. ``wandb.Api()`` verifies the
     key through wandb-core and chains the failed request (with its HTTP status) as the cause.
     """
-    # The wait below starts once wandb-core runs; starting it took 0.4-0.9 s here: keep 1 s of
-    # the budget for that, so that the whole check stays within ``timeout``.
+    # The wait below starts once wandb-core runs, which took 0.4-0.9 s (2 CPU cores): keep 1 s
+    # of the budget for that, so that the whole check stays within ``timeout``.
     wait = max(timeout - SERVICE_START_S, timeout / 2)
     try:
         wandb.Api(timeout=wait)  # type: ignore[arg-type]  # a float works (ServiceApi)

@@ -195,7 +195,7 @@ def _set_optimizer_form(
 class GraphedStep:
     """One full-batch optimizer step (gather, uint8 -> float, forward, loss, backward, Adam)
     recorded once as a CUDA graph and then replayed: one launch per step instead of ~40. On a GPU
-    this small net is bound by launch and Python overhead, not by arithmetic (issue 8).
+    this small net is bound by launch and Python overhead, not by arithmetic (bench/gpu.py).
 
     The graph reads the batch's indices from ``self.idx`` and the learning rate from a device
     tensor (``_set_optimizer_form``), so neither needs a new capture. Adam creates its state in

@@ -3,7 +3,7 @@
 Every trial is ``python -m trainjob train --param=value ...`` in a process of its own: GPU memory
 is freed between trials, SIGTERM reaches the trial, and a crash kills one trial, not the sweep.
 Starting such a process cold costs more than the trial's first step: ``import torch`` +
-torchvision + wandb take 10-25 s on the 2-core CPU here (bench/sweep_overhead.py). So trials
+torchvision + wandb take 10-25 s on a 2-core CPU (AMD EPYC VM; bench/sweep_overhead.py). So trials
 are forked from a *fork server* (``multiprocessing``'s ``forkserver``): a clean, single-threaded
 process that imports torch, torchvision, wandb, onnx and trainjob once, runs no torch op (so no
 OpenMP/CUDA state exists to be broken by ``fork``), and forks one child per trial. The child sets
@@ -31,7 +31,7 @@ from .errors import ExitCode, TrainjobError
 
 # What a trial imports, found by diffing sys.modules around a whole job: torch, torchvision and
 # wandb are ~95% of the import time; wandb.init imports ``wandb.sdk.launch``, ``requests`` and
-# ``yaml`` lazily (~2 s here); the default ONNX exporter imports onnxscript at the end of every
+# ``yaml`` lazily (~2 s, 2 cores); the default ONNX exporter imports onnxscript at the end of every
 # trial. None of these runs a torch op or initialises CUDA at import.
 PRELOAD = (
     "torch",

@@ -38,7 +38,7 @@ def redact(text: str) -> str:
     """``text`` with the W&B API key (from the environment or netrc) replaced by ``***``.
 
     Every message trainjob builds from a W&B error goes through here: the key must never reach
-    a log, a terminal or an exception message (issue 7), whatever a library puts in its errors.
+    a log, a terminal or an exception message, whatever a library puts in its errors.
     """
     for secret in (os.environ.get("WANDB_API_KEY"), _netrc_key()):
         if secret and len(secret) >= 8:
