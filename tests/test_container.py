@@ -309,7 +309,7 @@ def test_the_run_had_a_read_only_root(container_run) -> None:
 
 
 def test_offline_runs_in_the_volume_are_found_by_wandb_sync(container_run) -> None:
-    """The README's `wandb sync` from the volume: --dry-run lists the run without a server."""
+    """docs/docker.md's `wandb sync` from the volume: --dry-run lists the run without a server."""
     ws, env, result, read_only = container_run
     assert result.returncode == 0
     command = [wandb_cli(), "sync", "--dry-run"]

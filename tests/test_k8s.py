@@ -46,7 +46,7 @@ IN_CI = bool(os.environ.get("CI"))
 SWEEP_CONFIGMAP = ("trainjob-sweep", "TRAINJOB_SWEEP_ID")  # created by the user, per sweep
 SWEEP_CODE = (SRC / "trainjob" / "sweep.py").exists()  # the sweep code, which the agent pods run
 
-# What each exit code does to a Job, decided once (README "Kubernetes" explains it). A new
+# What each exit code does to a Job, decided once (docs/kubernetes.md explains it). A new
 # ExitCode member fails test_pod_failure_policy_matches_exit_codes until it is decided here.
 EXIT_POLICY = {
     ExitCode.CRASHED: "count",  # a bug or a flaky GPU: retried up to backoffLimit

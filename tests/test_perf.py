@@ -236,7 +236,7 @@ def test_cpu_bench_ceiling_prints_the_bound_and_a_step_profile(
     real_mnist: Path, tmp_path: Path
 ) -> None:
     """``bench/cpu.py --ceiling``: the FLOP count it divides by is the model's, and every part of
-    a step lands in one of its rows (what the README's "Why not 3x" quotes)."""
+    a step lands in one of its rows (what bench/README.md's "why not 3x" quotes)."""
     sys.path.insert(0, str(ROOT / "bench"))
     from cpu import step_flops
 
@@ -258,7 +258,7 @@ def test_cpu_bench_ceiling_prints_the_bound_and_a_step_profile(
 def test_two_process_experiment_merges_the_whole_gradient_and_reports_every_mode(
     real_mnist: Path, tmp_path: Path
 ) -> None:
-    """``bench/cpu_two_process.py`` (the data-parallel experiment the README quotes): the
+    """``bench/cpu_two_process.py`` (the data-parallel experiment bench/README.md quotes): the
     gradient merged from two processes is one process's, and each mode gets a figure."""
     args = ("--data", str(real_mnist), "--epochs", "2", "--repeats", "1", "--data-slice", "50")
     result = _bench(tmp_path, "cpu_two_process.py", *args, timeout=300)

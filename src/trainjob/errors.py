@@ -2,7 +2,7 @@
 
 Exit codes are part of the interface: the Kubernetes Jobs' ``podFailurePolicy`` and the sweep
 agent both read them, so they live here, once, and the README's table is checked against this
-module by a test.
+module by a test (tests/test_docs.py).
 """
 
 from __future__ import annotations
