@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import shutil
+import socket
 from pathlib import Path
 
 import pytest
@@ -24,6 +25,13 @@ def link_gz(source: Path, target: Path) -> Path:
     for base in data.ALL_FILES:
         (target / f"{base}.gz").symlink_to((source / f"{base}.gz").resolve())
     return target
+
+
+def closed_port() -> int:
+    """A local port nothing listens on (connections to it are refused at once)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
 
 
 def files_under(folder: Path) -> list[str]:
@@ -45,6 +53,18 @@ def test_fashionmnist_on_mnist_files_exits_3_naming_mnist(real_mnist: Path, tmp_
     # user was told to keep after deleting the .gz), not in the cache.
     assert files_under(root) == before
     assert not list((tmp_path / "home").rglob("FashionMNIST"))
+    # The old message said "delete it": with the .gz gone nothing of MNIST is left to train on,
+    # and the download (refused at once by a closed local proxy port) fails with exit 3.
+    for gz in root.glob("*.gz"):
+        gz.unlink()
+    port = closed_port()
+    proxy = f"http://127.0.0.1:{port}"
+    env.update(http_proxy=proxy, https_proxy=proxy, HTTP_PROXY=proxy, HTTPS_PROXY=proxy)
+    env.update(no_proxy="", NO_PROXY="")
+    result = run_cli(["--epochs=1", "--data_slice=50"], env, tmp_path, timeout=180)
+    assert result.returncode == 3, result.stderr
+    assert "FashionMNIST not found in" in result.stderr and "download failed" in result.stderr
+    assert not offline_runs(tmp_path)
 
 
 def test_mnist_files_moved_into_fashionmnist_folder_are_refused(
