@@ -163,7 +163,7 @@ def _verify(
 ) -> None:
     """Refuse a file that is another known dataset's (or another file of this one), and an
     official-size file whose checksum is not the one published for ``name``. Files of other
-    sizes (subsets, test fixtures) have no published checksum: the IDX checks below only."""
+    sizes (subsets, test fixtures) have no published checksum: they get the IDX checks only."""
     owner = identify(raw_md5, gz_md5)
     if owner == (name, base):
         return
