@@ -232,3 +232,25 @@ def test_job_on_read_only_data_trains_and_reuses_its_cache(
         assert "warning" not in first.stderr + second.stderr
     assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.iterdir()} == stamps
     assert sorted(p.name for p in tiny_data_copy.rglob("*")) == before
+
+
+def _load_digest(args: tuple[str, str]) -> str:
+    root, cache = args
+    loaded = data.load("MNIST", root, 1, cache_dir=cache)
+    return hashlib.md5(loaded.train.images.numpy().tobytes()).hexdigest()
+
+
+def test_concurrent_jobs_share_one_cache(tiny_data_copy: Path, tmp_path: Path, capfd) -> None:
+    """Two processes unpack into the same empty cache at once: both get the same data, neither
+    warns, and no temp file is left (each writes a private temp file and renames it over the
+    other's identical copy)."""
+    import multiprocessing
+
+    cache = tmp_path / "cache"
+    data.gz_md5s()  # import torchvision once here, not in each forked child
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        digests = pool.map(_load_digest, [(str(tiny_data_copy), str(cache))] * 2)
+    assert len(set(digests)) == 1
+    assert "warning" not in capfd.readouterr().err
+    assert len(list((cache / "MNIST").iterdir())) == 2 * len(data.ALL_FILES)
+    assert not list(cache.rglob(".*.tmp"))
