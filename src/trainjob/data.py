@@ -14,7 +14,7 @@ Downloads still go through torchvision (its mirrors, its MD5 check).
 
 The data folder is never written (it may be a read-only mount): a ``.gz`` is unpacked into a
 cache of our own (``TRAINJOB_CACHE_DIR``), keyed by the MD5 of the ``.gz`` and checked against
-the MD5 recorded when it was unpacked, so jobs reuse it and a damaged copy is unpacked again.
+the hash recorded when it was unpacked, so jobs reuse it and a damaged copy is unpacked again.
 Each epoch is then a seeded ``randperm`` plus slicing, which is what made
 tuomaso/train_mnist_fast and KellerJordan/cifar10-airbench fast: the data never leaves the device.
 
