@@ -34,7 +34,7 @@ import torch
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "src"), str(ROOT / "bench")]
 
-from cpu import RAW, TUTORIAL, tutorial  # noqa: E402  (the baseline, shared with bench/cpu.py)
+from cpu import RAW, TUTORIAL, stage, tutorial  # noqa: E402  (the baseline, shared with bench/cpu.py)
 
 from trainjob import data, runtime  # noqa: E402
 from trainjob.model import ConvNet  # noqa: E402
@@ -84,19 +84,6 @@ def find_data(arg: str | None) -> Path | None:
         if all((path / f"{n}.gz").is_file() or (path / "MNIST" / "raw" / n).is_file() for n in RAW):
             return path
     return None
-
-
-def link_data(source: Path, target: Path) -> Path:
-    """A private root for ``data.load`` to unpack into: the source is never written to."""
-    target.mkdir(parents=True)
-    for name in RAW:
-        if (source / f"{name}.gz").is_file():
-            (target / f"{name}.gz").symlink_to((source / f"{name}.gz").resolve())
-        else:
-            raw = target / "MNIST" / "raw"
-            raw.mkdir(parents=True, exist_ok=True)
-            (raw / name).symlink_to((source / "MNIST" / "raw" / name).resolve())
-    return target
 
 
 def synthetic_data(target: Path, n_train: int = 640, n_test: int = 256) -> Path:
@@ -348,14 +335,15 @@ def main() -> int:
     with tempfile.TemporaryDirectory(prefix="trainjob-gpu-bench-") as name:
         tmp = Path(name)
         if args.cpu_smoke:
-            root = synthetic_data(tmp / "data")
+            source: Path | None = synthetic_data(tmp / "synthetic")
         else:
             source = find_data(args.data)
             if source is None:
                 print("bench/gpu.py: real MNIST not found; pass --data DIR (*-ubyte.gz files)")
                 return 3
-            root = link_data(source, tmp / "data")
-        data.load("MNIST", root, 1)  # unpack once into root/MNIST/raw (torchvision reads it too)
+        # Unpacked once into root/MNIST/raw, torchvision's layout: the tutorial baseline's
+        # torchvision.datasets.MNIST and trainjob's data.load both read it there.
+        root = stage(source, tmp / "data")
         smoke = args.cpu_smoke
         parts = [
             lambda: part_a(root, device, epochs=2 if smoke else 3, repeats=1 if smoke else 3),

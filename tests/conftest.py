@@ -9,6 +9,20 @@ from helpers import write_tiny_mnist
 MNIST_ENV = "MNIST_TEST_DIR"  # set by .ci/run and the Makefile to ../shared/data/mnist
 
 
+@pytest.fixture(scope="session", autouse=True)
+def private_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """In-process data.load calls unpack into a session folder, not the developer's
+    ~/.cache/trainjob (child processes get their own HOME from helpers.clean_env)."""
+    folder = tmp_path_factory.mktemp("xdg-cache")
+    previous = os.environ.get("XDG_CACHE_HOME")
+    os.environ["XDG_CACHE_HOME"] = str(folder)
+    yield folder
+    if previous is None:
+        os.environ.pop("XDG_CACHE_HOME", None)
+    else:
+        os.environ["XDG_CACHE_HOME"] = previous
+
+
 @pytest.fixture(scope="session")
 def tiny_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A flat folder of gzipped IDX files, 512 train / 256 test synthetic images."""
@@ -29,7 +43,7 @@ def tiny_data_copy(tiny_data: Path, tmp_path: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def real_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """The real MNIST .gz files, linked into a private folder (unpacking writes beside them)."""
+    """The real MNIST .gz files, linked into a private folder."""
     source = os.environ.get(MNIST_ENV)
     if not source or not Path(source).is_dir():
         pytest.skip(f"{MNIST_ENV} is not set to the real MNIST folder (.ci/run sets it)")

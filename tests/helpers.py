@@ -68,7 +68,8 @@ def clean_env(tmp: Path, **overrides: str) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith(("TRAINJOB_", "WANDB_")) and k not in ("JOB_COMPLETION_INDEX",)
+        if not k.startswith(("TRAINJOB_", "WANDB_"))
+        and k not in ("JOB_COMPLETION_INDEX", "XDG_CACHE_HOME")  # the cache: under HOME below
     }
     inherited = os.environ.get("PYTHONPATH")  # e.g. wheels unpacked for a bare GPU machine
     env.update(

@@ -15,12 +15,17 @@ from trainjob.errors import DataError
 from trainjob.model import ConvNet
 
 
-def test_gz_flat_folder_is_unpacked_to_torchvision_layout(tiny_data_copy: Path) -> None:
-    loaded = data.load("MNIST", tiny_data_copy, data_slice=1)
+def test_gz_flat_folder_is_read_in_place_and_unpacked_into_the_cache(
+    tiny_data_copy: Path, tmp_path: Path
+) -> None:
+    before = sorted(p.name for p in tiny_data_copy.rglob("*"))
+    loaded = data.load("MNIST", tiny_data_copy, data_slice=1, cache_dir=tmp_path / "cache")
     assert loaded.train.images.shape == (512, 1, 28, 28)
     assert loaded.train.images.dtype == torch.uint8
     assert loaded.test.labels.shape == (256,)
-    assert (tiny_data_copy / "MNIST" / "raw" / RAW["train"][0]).is_file()
+    assert sorted(p.name for p in tiny_data_copy.rglob("*")) == before  # nothing written there
+    cached = sorted(p.name.split(".")[0] for p in (tmp_path / "cache" / "MNIST").glob("*.json"))
+    assert cached == sorted(data.ALL_FILES)
     images, labels = synthetic_split(512, 1)
     assert torch.equal(loaded.train.labels, torch.from_numpy(labels).long())
     assert torch.equal(loaded.train.images[:, 0], torch.from_numpy(images))

@@ -1,21 +1,23 @@
-"""Data problems: missing, truncated or corrupt IDX files, a checksum mismatch,
-an unwritable data folder. Each is one DataError/StorageError line naming the file and what to
-do; in a real job: exit 3 (5 for an unwritable folder) and no traceback."""
+"""Data problems: missing, truncated or corrupt IDX files, a checksum mismatch, a damaged cache,
+a read-only data folder or an unwritable cache. Each problem is one DataError line naming the file
+and what to do; in a real job: exit 3 and no traceback. A read-only data folder is no problem."""
 
 from __future__ import annotations
 
 import gzip
-import shutil
+import hashlib
+import json
 import struct
 from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 from helpers import RAW, clean_env, idx_images, idx_labels, run_cli, synthetic_split
-from storage_helpers import readonly_mount
+from storage_helpers import readonly_mount, under_a_file
 
 from trainjob import data
-from trainjob.errors import DataError, StorageError
+from trainjob.errors import DataError
 
 TRAIN_IMAGES, TRAIN_LABELS = RAW["train"]
 TEST_IMAGES, TEST_LABELS = RAW["test"]
@@ -60,7 +62,7 @@ def test_corrupt_idx_is_named(tiny_data_copy: Path, damage, expected: str) -> No
         data.load("MNIST", tiny_data_copy, 1)
     message = str(err.value)
     assert expected in message
-    assert f"{tiny_data_copy / 'MNIST' / 'raw' / TRAIN_IMAGES}" in message  # the file ...
+    assert f"data file {tiny_data_copy / TRAIN_IMAGES} " in message  # the user's file ...
     assert f"put the original {TRAIN_IMAGES}.gz into {tiny_data_copy}" in message  # ... the fix
     assert path.is_file()  # nothing of the user's is deleted
 
@@ -103,57 +105,90 @@ def test_checksum_mismatch_of_an_official_size_file(tmp_path: Path) -> None:
     from helpers import write_tiny_mnist
 
     root = write_tiny_mnist(tmp_path / "d", n_train=64, n_test=10_000)
-    with pytest.raises(DataError) as err:  # MNIST: the MD5 of the uncompressed file
-        data.load("MNIST", root, 1)
+    cache = tmp_path / "cache"
+    with pytest.raises(DataError) as err:  # MNIST: the MD5 of the unpacked file
+        data.load("MNIST", root, 1, cache_dir=cache)
     message = str(err.value)
-    assert f"{root / 'MNIST' / 'raw' / TEST_IMAGES} fails its checksum (MD5" in message
-    assert "expected 2646ac647ad5339dbf082846283269ea): it is corrupt" in message
+    assert f"data file {root / TEST_IMAGES}.gz fails its checksum (unpacked MD5" in message
+    assert "expected 2646ac647ad5339dbf082846283269ea for MNIST's t10k-images)" in message
+    assert "it is corrupt or not MNIST's" in message
     with pytest.raises(DataError) as err:  # KMNIST: torchvision's MD5 of the .gz
-        data.load("KMNIST", root, 1)
-    assert f"{root / TEST_IMAGES}.gz fails its checksum" in str(err.value)
-    # uncompressed KMNIST files have no published checksum: structure checks only
-    for gz in root.glob("*.gz"):
-        gz.unlink()
-    assert len(data.load("KMNIST", root, 1).test) == 10_000
+        data.load("KMNIST", root, 1, cache_dir=cache)
+    assert f"{root / TEST_IMAGES}.gz fails its checksum (.gz MD5" in str(err.value)
+    assert "expected 5c965bf0a639b31b8f53240b1b52f4d7 for KMNIST's t10k-images" in str(err.value)
+    assert not list(cache.glob(f"*/{TEST_IMAGES}.*"))  # a refused file is never cached
+    # Uncompressed, in each dataset's own folder: FashionMNIST's unpacked MD5s are published ...
+    for name in ("FashionMNIST", "KMNIST"):
+        write_tiny_mnist(tmp_path / "own" / name / "raw", n_train=64, n_test=10_000, gz=False)
+    with pytest.raises(DataError, match="expected 8181f5470baa50b63fa0f6fddb340f0a for"):
+        data.load("FashionMNIST", tmp_path / "own", 1, cache_dir=cache)
+    # ... KMNIST's are not: an uncompressed KMNIST file gets the structure checks only
+    assert len(data.load("KMNIST", tmp_path / "own", 1, cache_dir=cache).test) == 10_000
 
 
-def test_real_mnist_verified_once_and_bit_flip_caught(real_mnist: Path, tmp_path: Path) -> None:
-    root = tmp_path / "mnist"
-    root.mkdir()
-    for gz in real_mnist.glob("*.gz"):
-        (root / gz.name).symlink_to(gz.resolve())
-    assert len(data.load("MNIST", root, 1).train) == 60_000
-    raw = root / "MNIST" / "raw"
-    markers = sorted(p.name for p in raw.glob(".*.verified"))
-    assert markers == sorted(f".{base}.verified" for base in data.ALL_FILES)
+def test_real_mnist_cache_verified_on_every_use(real_mnist: Path, tmp_path: Path, capsys) -> None:
+    cache = tmp_path / "cache"
+    first = data.load("MNIST", real_mnist, 1, cache_dir=cache)
+    assert len(first.train) == 60_000
+    records = {}
+    for marker in (cache / "MNIST").glob("*.json"):
+        record = json.loads(marker.read_text())
+        records[record["file"]] = record
+        assert record["dataset"] == "MNIST"
+        gz = real_mnist / f"{record['file']}.gz"
+        assert record["source_md5"] == hashlib.md5(gz.read_bytes()).hexdigest()
+    assert {f: r["md5"] for f, r in records.items()} == data.RAW_MD5["MNIST"]
+    cached = cache / "MNIST" / f"{TEST_LABELS}.{records[TEST_LABELS]['source_md5']}"
+    blob = bytearray(cached.read_bytes())
+    blob[100] ^= 0x01  # same size, one bit: only a checksum sees it
+    cached.write_bytes(bytes(blob))
+    capsys.readouterr()
+    again = data.load("MNIST", real_mnist, 1, cache_dir=cache)
+    assert torch.equal(again.test.labels, first.test.labels)  # the damaged copy was not used
+    (line,) = capsys.readouterr().err.splitlines()
+    assert f"cached copy {cached} does not match its record; unpacking again" in line
+    assert hashlib.md5(cached.read_bytes()).hexdigest() == data.RAW_MD5["MNIST"][TEST_LABELS]
+
+
+def test_real_mnist_uncompressed_bit_flip_caught(real_mnist: Path, tmp_path: Path) -> None:
+    raw = tmp_path / "d" / "MNIST" / "raw"
+    raw.mkdir(parents=True)
+    for base in data.ALL_FILES:
+        (raw / base).write_bytes(raw_of(real_mnist, base))
+    assert len(data.load("MNIST", tmp_path / "d", 1, cache_dir=tmp_path / "c").test) == 10_000
     target = raw / TEST_LABELS
     blob = bytearray(target.read_bytes())
-    blob[100] ^= 0x01  # same size, one bit: only the checksum sees it
+    blob[100] ^= 0x01
     target.write_bytes(bytes(blob))
     with pytest.raises(DataError, match=f"{target} fails its checksum"):
-        data.load("MNIST", root, 1)
+        data.load("MNIST", tmp_path / "d", 1, cache_dir=tmp_path / "c")
 
 
-def test_files_of_other_sizes_are_not_hashed(tiny_data_copy: Path) -> None:
-    """Subsets and fixtures have no published MD5: structure checks only, no marker."""
-    data.load("MNIST", tiny_data_copy, 1)
-    assert not list((tiny_data_copy / "MNIST" / "raw").glob(".*.verified"))
+def test_a_changed_gz_is_never_served_from_the_cache(tiny_data_copy: Path, tmp_path: Path) -> None:
+    """Subsets have no published checksum; their cache entry is still tied to their .gz."""
+    cache = tmp_path / "cache"
+    assert len(data.load("MNIST", tiny_data_copy, 1, cache_dir=cache).train) == 512
+    images, labels = synthetic_split(100, 7)
+    for base, blob in ((TRAIN_IMAGES, idx_images(images)), (TRAIN_LABELS, idx_labels(labels))):
+        with gzip.open(tiny_data_copy / f"{base}.gz", "wb") as fh:
+            fh.write(blob)
+    loaded = data.load("MNIST", tiny_data_copy, 1, cache_dir=cache)
+    assert torch.equal(loaded.train.labels, torch.from_numpy(labels).long())
+    assert len(list((cache / "MNIST").glob(f"{TRAIN_LABELS}.*.json"))) == 2  # old and new
 
 
-def test_unwritable_data_folder_is_a_storage_error(tiny_data_copy: Path) -> None:
-    (tiny_data_copy / "MNIST").write_text("a file where the folder should be")
-    with pytest.raises(StorageError) as err:
-        data.load("MNIST", tiny_data_copy, 1)
-    assert f"cannot unpack {tiny_data_copy}" in str(err.value)
-    assert "set TRAINJOB_DATA_DIR to a writable folder" in str(err.value)
+def test_unwritable_cache_trains_from_memory(tiny_data_copy: Path, tmp_path: Path, capsys) -> None:
+    cache = under_a_file(tmp_path, "cache")
+    assert len(data.load("MNIST", tiny_data_copy, 1, cache_dir=cache).train) == 512
+    (line,) = capsys.readouterr().err.splitlines()  # said once, not once per file
+    assert f"cannot cache unpacked data in {cache}" in line
+    assert "set TRAINJOB_CACHE_DIR to a writable folder" in line
 
 
 def test_read_only_data_folder(tiny_data_copy: Path, tmp_path: Path) -> None:
-    with (
-        readonly_mount(tiny_data_copy, tmp_path / "ro") as ro,
-        pytest.raises(StorageError, match="Read-only file system"),
-    ):
-        data.load("MNIST", ro, 1)
+    with readonly_mount(tiny_data_copy, tmp_path / "ro") as ro:
+        loaded = data.load("MNIST", ro, 1, cache_dir=tmp_path / "cache")
+        assert len(loaded.train) == 512 and len(loaded.test) == 256
 
 
 # --- the same through the real entrypoint: exit code, one line, no traceback --------------------
@@ -180,9 +215,42 @@ def test_job_with_truncated_file_exits_3(tiny_data_copy: Path, tmp_path: Path) -
     assert not (tmp_path / "wandb").exists()  # failed before any run was created
 
 
-def test_job_with_unwritable_data_folder_exits_5(tiny_data_copy: Path, tmp_path: Path) -> None:
-    shutil.rmtree(tiny_data_copy / "MNIST", ignore_errors=True)
-    (tiny_data_copy / "MNIST").write_text("not a folder")
-    result = _job(tiny_data_copy, tmp_path)
-    assert result.returncode == 5, result.stderr
-    assert "cannot unpack" in _one_error_line(result)
+def test_job_on_read_only_data_trains_and_reuses_its_cache(
+    tiny_data_copy: Path, tmp_path: Path
+) -> None:
+    """A read-only bind mount (EROFS, for root too): the job trains (exit 0; it was exit 5 when
+    the .gz files were unpacked beside themselves), and a second job reuses the cache."""
+    before = sorted(p.name for p in tiny_data_copy.rglob("*"))
+    with readonly_mount(tiny_data_copy, tmp_path / "ro") as ro:
+        first = _job(ro, tmp_path)
+        assert first.returncode == 0, first.stderr
+        cache = tmp_path / "home" / ".cache" / "trainjob" / "MNIST"
+        stamps = {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.iterdir()}
+        assert len(stamps) == 2 * len(data.ALL_FILES)  # each file and its record
+        second = _job(ro, tmp_path)
+        assert second.returncode == 0, second.stderr
+        assert "warning" not in first.stderr + second.stderr
+    assert {p.name: (p.stat().st_ino, p.stat().st_mtime_ns) for p in cache.iterdir()} == stamps
+    assert sorted(p.name for p in tiny_data_copy.rglob("*")) == before
+
+
+def _load_digest(args: tuple[str, str]) -> str:
+    root, cache = args
+    loaded = data.load("MNIST", root, 1, cache_dir=cache)
+    return hashlib.md5(loaded.train.images.numpy().tobytes()).hexdigest()
+
+
+def test_concurrent_jobs_share_one_cache(tiny_data_copy: Path, tmp_path: Path, capfd) -> None:
+    """Two processes unpack into the same empty cache at once: both get the same data, neither
+    warns, and no temp file is left (each writes a private temp file and renames it over the
+    other's identical copy)."""
+    import multiprocessing
+
+    cache = tmp_path / "cache"
+    data.gz_md5s()  # import torchvision once here, not in each forked child
+    with multiprocessing.get_context("fork").Pool(2) as pool:
+        digests = pool.map(_load_digest, [(str(tiny_data_copy), str(cache))] * 2)
+    assert len(set(digests)) == 1
+    assert "warning" not in capfd.readouterr().err
+    assert len(list((cache / "MNIST").iterdir())) == 2 * len(data.ALL_FILES)
+    assert not list(cache.rglob(".*.tmp"))

@@ -118,8 +118,10 @@ def test_full_tmpfs_keeps_previous_checkpoint_and_model(tmp_path: Path) -> None:
 
 
 @pytest.fixture
-def staged_data(tiny_data_copy: Path) -> Path:
-    data.load("MNIST", tiny_data_copy, 1)  # unpack now: the limited job must not write data
+def staged_data(tiny_data_copy: Path, tmp_path: Path) -> Path:
+    # Unpack now into the cache the job will use (clean_env's HOME is tmp_path/home): the
+    # size-limited job must not write data.
+    data.load("MNIST", tiny_data_copy, 1, cache_dir=tmp_path / "home" / ".cache" / "trainjob")
     return tiny_data_copy
 
 

@@ -1,30 +1,44 @@
 """Datasets -> uint8 tensors in memory, on the training device.
 
-torchvision's dataset classes do the reading (IDX parsing, the ``ROOT/<Name>/raw/`` layout, the
-download mirrors); we take their ``.data``/``.targets`` tensors once and never touch the
-per-sample PIL path again. Each epoch is then a seeded ``randperm`` plus slicing, which is what
-made tuomaso/train_mnist_fast and KellerJordan/cifar10-airbench fast: the data never leaves the
-device and no worker processes are involved.
+Where a dataset's four IDX files are looked for, first place that holds any of them wins:
+``DATA_DIR/<Name>/raw/`` (torchvision's layout), ``DATA_DIR/<Name>/``, then ``DATA_DIR/`` itself
+(the flat layout the files are distributed in). MNIST, FashionMNIST and KMNIST use the same file
+names, so a flat folder holds one dataset; a folder shared by several gives each its own
+``<Name>/`` folder.
+
+What is trained on is verified: each file's bytes are hashed and the hash must name the file as
+the requested dataset's (a file that is another known dataset's is refused as such). The IDX
+arrays are then parsed from those same bytes, so nothing can change between check and use; this
+is why torchvision's readers (which take a path and read the file again) are not used here.
+Downloads still go through torchvision (its mirrors, its MD5 check).
+
+The data folder is never written (it may be a read-only mount): a ``.gz`` is unpacked into a
+cache of our own (``TRAINJOB_CACHE_DIR``), keyed by the MD5 of the ``.gz`` and checked against
+the hash recorded when it was unpacked, so jobs reuse it and a damaged copy is unpacked again.
+Each epoch is then a seeded ``randperm`` plus slicing, which is what made
+tuomaso/train_mnist_fast and KellerJordan/cifar10-airbench fast: the data never leaves the device.
 
     python -c "from trainjob.data import load; print(load('MNIST', 'data', 5))"
 """
 
 from __future__ import annotations
 
-import contextlib
 import gzip
 import hashlib
+import json
 import os
-import shutil
 import struct
+import sys
+import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from .errors import DataError, StorageError
+from .errors import DataError
 
+DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
 RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
@@ -35,20 +49,33 @@ CLASSES = 10  # labels of all three datasets are 0-9
 # IDX headers (yann.lecun.com/exdb/mnist): magic 0x00000803 = uint8 with 3 dimensions (images
 # N x 28 x 28), 0x00000801 = uint8 with 1 dimension (labels N).
 IDX_MAGIC = {"images": (0x00000803, 3), "labels": (0x00000801, 1)}
-# The official files: their uncompressed sizes (the same for MNIST, FashionMNIST and KMNIST) and
-# the MD5 of MNIST's uncompressed files (of the official files). Recompressing a .gz changes
-# its MD5, not these. FashionMNIST/KMNIST only have torchvision's MD5s of their .gz files.
+# The official files' uncompressed sizes, the same for MNIST, FashionMNIST and KMNIST.
 OFFICIAL_SIZES = {
     "train-images-idx3-ubyte": 16 + 60_000 * 28 * 28,
     "train-labels-idx1-ubyte": 8 + 60_000,
     "t10k-images-idx3-ubyte": 16 + 10_000 * 28 * 28,
     "t10k-labels-idx1-ubyte": 8 + 10_000,
 }
-MNIST_MD5 = {
-    "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
-    "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
-    "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
-    "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+# MD5 of the *uncompressed* official files. Recompressing a .gz changes its MD5, not these, so
+# they identify a file whatever mirror or gzip level it came from. MNIST: measured from the
+# files of yann.lecun.com/exdb/mnist. FashionMNIST: the values several public loaders list as
+# the unpacked files of github.com/zalandoresearch/fashion-mnist (e.g. the `raw_data` tables of
+# torchvision-derived FashionMNIST classes and `gunzip && md5sum` walkthroughs on GitHub; all
+# agree). KMNIST: none published that we know of; its files are identified by torchvision's
+# MD5 of the .gz (``torchvision.datasets.KMNIST.resources``) only.
+RAW_MD5 = {
+    "MNIST": {
+        "train-images-idx3-ubyte": "6bbc9ace898e44ae57da46a324031adb",
+        "train-labels-idx1-ubyte": "a25bea736e30d166cdddb491f175f624",
+        "t10k-images-idx3-ubyte": "2646ac647ad5339dbf082846283269ea",
+        "t10k-labels-idx1-ubyte": "27ae3e4e09519cfbb04c329615203637",
+    },
+    "FashionMNIST": {
+        "train-images-idx3-ubyte": "f4a8712d7a061bf5bd6d2ca38dc4d50a",
+        "train-labels-idx1-ubyte": "9018921c3c673c538a1fc5bad174d6f9",
+        "t10k-images-idx3-ubyte": "8181f5470baa50b63fa0f6fddb340f0a",
+        "t10k-labels-idx1-ubyte": "15d484375f8d13e6eb1aabb0c3f46965",
+    },
 }
 
 
@@ -82,161 +109,261 @@ class Data:
         }
 
 
-def _raw_dir(root: Path, name: str) -> Path:
-    return root / name / "raw"
+def default_cache_dir() -> Path:
+    """``$XDG_CACHE_HOME/trainjob``, else ``~/.cache/trainjob`` (the XDG base directory spec)."""
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base) / "trainjob"
 
 
-def _stage_raw_files(root: Path, name: str) -> None:
-    """Put each raw file where torchvision looks (``ROOT/<Name>/raw/<file>``, uncompressed).
+# --- identity: which dataset's file is this? ------------------------------------------------
 
-    Accepted sources, first found wins: the torchvision layout itself, its ``.gz`` as torchvision
-    downloads it, or a flat folder of ``.gz`` / uncompressed files as the IDX files are
-    distributed (e.g. a shared, read-only copy of the four ``.gz`` files).
-    """
-    raw = _raw_dir(root, name)
-    for base in (*RAW_FILES["train"], *RAW_FILES["test"]):
-        target = raw / base
-        if target.is_file():
-            continue
-        candidates = [raw / f"{base}.gz", root / f"{base}.gz", root / base]
-        source = next((c for c in candidates if c.is_file()), None)
-        if source is None:
-            continue  # left for torchvision's download (or our error message)
-        tmp = target.with_name(f".{base}.{os.getpid()}.tmp")
+
+def _role(base: str) -> str:
+    return base.split("-idx")[0]  # "train-images-idx3-ubyte" -> "train-images"
+
+
+def gz_md5s() -> dict[str, dict[str, str]]:
+    """torchvision's published MD5 of each dataset's .gz files."""
+    import torchvision.datasets as tvd
+
+    return {
+        name: {file.removesuffix(".gz"): md5 for file, md5 in getattr(tvd, name).resources}
+        for name in DATASETS
+    }
+
+
+def identify(raw_md5: str, gz_md5: str | None = None) -> tuple[str, str] | None:
+    """(dataset, file) whose published checksum matches, or None for an unknown file."""
+    checks = [(RAW_MD5, raw_md5)] + ([(gz_md5s(), gz_md5)] if gz_md5 else [])
+    for table, md5 in checks:
+        for dataset, files in table.items():
+            for base, known in files.items():
+                if known == md5:
+                    return dataset, base
+    return None
+
+
+def _md5(blob: bytes) -> str:
+    return hashlib.md5(blob, usedforsecurity=False).hexdigest()
+
+
+def _replace_hint(place: Path, base: str) -> str:
+    return f"delete it and put the original {base}.gz into {place} (TRAINJOB_DATA_DIR)"
+
+
+def _verify(
+    raw_md5: str,
+    size: int,
+    gz_md5: str | None,
+    source: Path,
+    place: Path,
+    root: Path,
+    name: str,
+    base: str,
+) -> None:
+    """Refuse a file that is another known dataset's (or another file of this one), and an
+    official-size file whose checksum is not the one published for ``name``. Files of other
+    sizes (subsets, test fixtures) have no published checksum: they get the IDX checks only."""
+    owner = identify(raw_md5, gz_md5)
+    if owner == (name, base):
+        return
+    if owner is not None:
+        fix = (
+            f"put the original {base}.gz there"
+            if owner[0] == name
+            else f"put {name}'s files into {root / name} (the datasets share file names, so "
+            "each needs a folder of its own)"
+        )
+        raise DataError(
+            f"data file {source} is {owner[0]}'s {_role(owner[1])}, not {name}'s "
+            f"{_role(base)}; {fix}"
+        )
+    if size != OFFICIAL_SIZES[base]:
+        return
+    want_raw = RAW_MD5.get(name, {}).get(base)
+    want_gz = gz_md5s()[name].get(base) if gz_md5 else None
+    if want_raw:
+        got, want, what = raw_md5, want_raw, "unpacked MD5"
+    elif want_gz:
+        got, want, what = gz_md5, want_gz, ".gz MD5"
+    else:
+        return  # an uncompressed KMNIST file: nothing published to compare with
+    raise DataError(
+        f"data file {source} fails its checksum ({what} {got}, expected {want} for {name}'s "
+        f"{_role(base)}): it is corrupt or not {name}'s; " + _replace_hint(place, base)
+    )
+
+
+# --- the bytes: found, read, unpacked into the cache ------------------------------------------
+
+
+def _places(root: Path, name: str) -> tuple[Path, Path, Path]:
+    return root / name / "raw", root / name, root
+
+
+def _find_place(root: Path, name: str) -> Path | None:
+    for place in _places(root, name):
+        if any((place / b).is_file() or (place / f"{b}.gz").is_file() for b in ALL_FILES):
+            return place
+    return None
+
+
+def _read(path: Path) -> bytes:
+    try:
+        return path.read_bytes()
+    except OSError as exc:
+        raise DataError(f"cannot read data file {path}: {exc.strerror or exc}") from None
+
+
+def _gunzip(packed: bytes, source: Path, base: str, place: Path) -> bytes:
+    try:
+        return gzip.decompress(packed)
+    except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
+        raise DataError(
+            f"data file {source} is corrupt or truncated ({exc}); " + _replace_hint(place, base)
+        ) from None
+
+
+class Cache:
+    """Unpacked .gz files, ``<dir>/<Name>/<file>.<md5 of the .gz>``, each beside a JSON marker
+    recording the dataset, the file, the .gz's MD5 and the MD5 and SHA-256 of the unpacked
+    bytes. Writes are a private temp file + ``os.replace``, so concurrent jobs never see half a
+    file; a reader re-hashes what it reads, so a damaged or mismatched copy is unpacked again,
+    never used."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.writable = True
+
+    def _paths(self, name: str, base: str, gz_md5: str) -> tuple[Path, Path]:
+        path = self.folder / name / f"{base}.{gz_md5}"
+        return path, path.with_name(f"{path.name}.json")
+
+    def get(self, name: str, base: str, gz_md5: str) -> tuple[bytes, str] | None:
+        """The cached bytes and their MD5, if they match their record. The check on reuse is
+        SHA-256, not MD5: 4x faster on CPUs with SHA instructions (x86 SHA-NI, ARMv8 SHA2);
+        the MD5 (for the published checksums) was computed from the same bytes when unpacked."""
+        path, marker = self._paths(name, base, gz_md5)
         try:
-            raw.mkdir(parents=True, exist_ok=True)
-            if source.suffix == ".gz":
-                with gzip.open(source, "rb") as src, open(tmp, "wb") as dst:
-                    shutil.copyfileobj(src, dst, length=1 << 20)
-            else:
-                shutil.copyfile(source, tmp)
-            os.replace(tmp, target)  # atomic: a concurrent job never sees half a file
-        except (gzip.BadGzipFile, EOFError, zlib.error) as exc:
-            tmp.unlink(missing_ok=True)
-            raise DataError(
-                f"data file {source} is corrupt or truncated ({exc}); replace it with the "
-                f"original {base}.gz"
-            ) from None
-        except OSError as exc:  # unwritable, read-only or full data folder
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise StorageError(
-                f"cannot unpack {source} into {raw}: {exc.strerror or exc}; set "
-                "TRAINJOB_DATA_DIR to a writable folder or put the uncompressed files in "
-                f"{raw} yourself"
-            ) from None
+            record = json.loads(marker.read_text())
+            blob = path.read_bytes()
+        except (OSError, ValueError):
+            return None  # not cached yet (or the marker is unreadable): unpack
+        expected = {"dataset": name, "file": base, "source_md5": gz_md5}
+        if (
+            isinstance(record, dict)
+            and all(record.get(k) == v for k, v in expected.items())
+            and isinstance(record.get("md5"), str)
+            and record.get("sha256") == hashlib.sha256(blob).hexdigest()
+        ):
+            return blob, record["md5"]
+        print(
+            f"trainjob: warning: cached copy {path} does not match its record; unpacking again",
+            file=sys.stderr,
+            flush=True,
+        )
+        return None
+
+    def put(self, name: str, base: str, gz_md5: str, blob: bytes, md5: str, source: Path) -> None:
+        if not self.writable:
+            return
+        path, marker = self._paths(name, base, gz_md5)
+        record = {
+            "dataset": name,
+            "file": base,
+            "source": str(source),
+            "source_md5": gz_md5,
+            "md5": md5,
+            "sha256": hashlib.sha256(blob).hexdigest(),
+            "size": len(blob),
+        }
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            for target, content in ((path, blob), (marker, json.dumps(record).encode())):
+                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+                try:
+                    tmp.write_bytes(content)
+                    os.replace(tmp, target)
+                finally:
+                    tmp.unlink(missing_ok=True)
+        except OSError as exc:
+            self.writable = False  # say it once per load, keep training from memory
+            print(
+                f"trainjob: warning: cannot cache unpacked data in {self.folder} "
+                f"({exc.strerror or exc}); unpacking in memory for this job only (set "
+                "TRAINJOB_CACHE_DIR to a writable folder to reuse it)",
+                file=sys.stderr,
+                flush=True,
+            )
 
 
-def _replace_hint(root: Path, name: str, base: str) -> str:
-    return f"delete it and put the original {base}.gz into {root} (TRAINJOB_DATA_DIR)"
+def _load_file(root: Path, place: Path, name: str, base: str, cache: Cache) -> tuple[bytes, Path]:
+    """The verified, uncompressed bytes of one file, and the file they came from. A .gz wins
+    over an uncompressed file beside it (torchvision's download leaves both)."""
+    gz, plain = place / f"{base}.gz", place / base
+    if gz.is_file():
+        packed = _read(gz)
+        gz_md5 = _md5(packed)
+        cached = cache.get(name, base, gz_md5)
+        if cached is not None:
+            blob, raw_md5 = cached
+        else:
+            blob = _gunzip(packed, gz, base, place)
+            raw_md5 = _md5(blob)
+        _verify(raw_md5, len(blob), gz_md5, gz, place, root, name, base)
+        if cached is None:
+            cache.put(name, base, gz_md5, blob, raw_md5, gz)
+        return blob, gz
+    blob = _read(plain)
+    _verify(_md5(blob), len(blob), None, plain, place, root, name, base)
+    return blob, plain
 
 
-def _check_idx(path: Path, base: str, root: Path, name: str) -> int:
-    """The IDX header and the file size agree; returns the number of items. Cheap: reads 16
-    bytes and a stat, so a truncated file is caught before torchvision reshapes it."""
+# --- IDX parsing, from the verified bytes -----------------------------------------------------
+
+
+def _parse_idx(blob: bytes, source: Path, base: str, place: Path) -> torch.Tensor:
+    """The IDX header and the size agree; returns the uint8 array ([N, 28, 28] or [N])."""
     kind = "images" if "images" in base else "labels"
     magic, ndim = IDX_MAGIC[kind]
     header_len = 4 + 4 * ndim
-    with open(path, "rb") as fh:
-        header = fh.read(header_len)
-    size = path.stat().st_size
-    if len(header) < header_len:
+    size = len(blob)
+    hint = _replace_hint(place, base)
+    if size < header_len:
         raise DataError(
-            f"data file {path} is truncated ({size} bytes, not even an IDX header); "
-            + _replace_hint(root, name, base)
+            f"data file {source} is truncated ({size} bytes, not even an IDX header); {hint}"
         )
-    found, *dims = struct.unpack(f">I{ndim}I", header)
+    found, *dims = struct.unpack(f">I{ndim}I", blob[:header_len])
     if found != magic:
         raise DataError(
-            f"data file {path} is not an IDX {kind} file (magic 0x{found:08x}, expected "
-            f"0x{magic:08x}); " + _replace_hint(root, name, base)
+            f"data file {source} is not an IDX {kind} file (magic 0x{found:08x}, expected "
+            f"0x{magic:08x}); {hint}"
         )
     if kind == "images" and dims[1:] != [28, 28]:
-        raise DataError(
-            f"data file {path} holds {dims[1]}x{dims[2]} images, not 28x28; "
-            + _replace_hint(root, name, base)
-        )
+        raise DataError(f"data file {source} holds {dims[1]}x{dims[2]} images, not 28x28; {hint}")
     expected = header_len + dims[0] * (dims[1] * dims[2] if kind == "images" else 1)
     if size != expected:
         problem = "is truncated" if size < expected else f"has {size - expected} extra bytes"
         raise DataError(
-            f"data file {path} {problem}: its header says {dims[0]} {kind} ({expected} bytes), "
-            f"the file has {size} bytes; " + _replace_hint(root, name, base)
+            f"data file {source} {problem}: its header says {dims[0]} {kind} ({expected} bytes), "
+            f"the file has {size} bytes; {hint}"
         )
-    return int(dims[0])
-
-
-def _md5(path: Path) -> str:
-    digest = hashlib.md5(usedforsecurity=False)
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def _gz_md5(name: str, base: str) -> str | None:
-    import torchvision.datasets as tvd
-
-    return dict(getattr(tvd, name).resources).get(f"{base}.gz")
-
-
-def _check_checksum(path: Path, base: str, root: Path, name: str) -> None:
-    """An official-size file must have the official MD5 (a bit flip keeps the size). Files of
-    other sizes (subsets, test fixtures) get the structural checks only. The result is cached in
-    ``.<file>.verified`` keyed by size and mtime, so a job re-hashes only changed files."""
-    stat = path.stat()
-    if stat.st_size != OFFICIAL_SIZES[base]:
-        return
-    marker = path.with_name(f".{base}.verified")
-    key = f"{stat.st_size} {stat.st_mtime_ns}"
-    with contextlib.suppress(OSError):
-        if marker.read_text() == key:
-            return
-    if name == "MNIST":
-        checked, got, want = path, _md5(path), MNIST_MD5[base]
-    else:  # FashionMNIST / KMNIST: torchvision publishes the MD5 of the .gz only
-        gz = next(
-            (p for p in (root / f"{base}.gz", path.with_name(f"{base}.gz")) if p.is_file()), None
-        )
-        want = _gz_md5(name, base)
-        if gz is None or want is None:
-            return
-        checked, got = gz, _md5(gz)
-    if got != want:
-        raise DataError(
-            f"data file {checked} fails its checksum (MD5 {got}, expected {want}): it is "
-            f"corrupt; " + _replace_hint(root, name, base)
-        )
-    with contextlib.suppress(OSError):  # a read-only data folder: verify again next time
-        marker.write_text(key)
-
-
-def verify(root: Path, name: str) -> None:
-    """Every raw file of ``name`` under ``root`` is a well-formed IDX file of the right kind and
-    size, images and labels of each split agree in number, official files match their MD5."""
-    raw = _raw_dir(root, name)
-    counts = {base: _check_idx(raw / base, base, root, name) for base in ALL_FILES}
-    for images, labels in RAW_FILES.values():
-        if counts[images] != counts[labels]:
-            raise DataError(
-                f"data files {raw / images} ({counts[images]} images) and {raw / labels} "
-                f"({counts[labels]} labels) do not match; put the original pair of .gz files "
-                f"into {root} (TRAINJOB_DATA_DIR) and delete {raw}"
-            )
-    for base in ALL_FILES:
-        _check_checksum(raw / base, base, root, name)
+    array = torch.frombuffer(bytearray(blob), dtype=torch.uint8, offset=header_len)
+    return array.view(*dims)
 
 
 def _missing_message(root: Path, name: str, reason: str) -> str:
-    files = ", ".join(f"{b}.gz" for b in (*RAW_FILES["train"], *RAW_FILES["test"]))
+    files = ", ".join(f"{b}.gz" for b in ALL_FILES)
     return (
         f"{name} not found in {root} and the download failed ({reason}); put {files} "
-        f"into {root} or {_raw_dir(root, name)} (TRAINJOB_DATA_DIR)"
+        f"into {root / name} (or into {root} itself if it holds no other dataset; "
+        "TRAINJOB_DATA_DIR)"
     )
 
 
 def _download(name: str, root: Path) -> None:
-    """No raw file at all: fetch them the way torchvision does (its mirrors, its MD5 check)."""
+    """No file at all: fetch them the way torchvision does (its mirrors, its MD5 check) into
+    ``root/<Name>/raw``."""
     import torchvision.datasets as tvd
 
     try:
@@ -245,47 +372,54 @@ def _download(name: str, root: Path) -> None:
         raise DataError(_missing_message(root, name, type(exc).__name__)) from None
 
 
-def _read_split(name: str, root: Path, train: bool) -> Split:
-    import torchvision.datasets as tvd
-
-    try:
-        ds = getattr(tvd, name)(root=str(root), train=train, download=False)
-    except (RuntimeError, ValueError, AssertionError) as exc:  # verify() should catch these first
-        raise DataError(f"{name} raw files in {_raw_dir(root, name)} are corrupt: {exc}") from None
-    images, labels = ds.data, ds.targets
-    if images.ndim != 3 or images.shape[0] != labels.shape[0] or images.dtype != torch.uint8:
-        raise DataError(
-            f"{name} raw files in {_raw_dir(root, name)} are inconsistent: images "
-            f"{tuple(images.shape)} vs labels {tuple(labels.shape)}; replace them"
-        )
-    if len(labels) and int(labels.max()) >= CLASSES:
-        base = RAW_FILES["train" if train else "test"][1]
-        raise DataError(
-            f"data file {_raw_dir(root, name) / base} has label {int(labels.max())}; "
-            f"{name} labels are 0-{CLASSES - 1}: " + _replace_hint(root, name, base)
-        )
-    return Split(images.unsqueeze(1).contiguous(), labels.to(torch.int64))
-
-
-def load(name: str, root: Path | str, data_slice: int, device: torch.device | None = None) -> Data:
+def load(
+    name: str,
+    root: Path | str,
+    data_slice: int,
+    device: torch.device | None = None,
+    cache_dir: Path | str | None = None,
+) -> Data:
     """Load both splits, keep every ``data_slice``-th example (the tutorial slices train *and*
     test with ``[::5]``), and move them to ``device``."""
+    if name not in DATASETS:
+        raise DataError(f"unknown dataset {name!r}; expected one of {', '.join(DATASETS)}")
     root = Path(root)
-    _stage_raw_files(root, name)
-    raw = _raw_dir(root, name)
-    missing = [base for base in ALL_FILES if not (raw / base).is_file()]
-    if len(missing) == len(ALL_FILES):
+    cache = Cache(Path(cache_dir) if cache_dir else default_cache_dir())
+    place = _find_place(root, name)
+    if place is None:
         _download(name, root)
-    elif missing:
-        names = ", ".join(f"{base}.gz" for base in missing)
+        place = _find_place(root, name) or root / name / "raw"
+    missing = [
+        b for b in ALL_FILES if not (place / b).is_file() and not (place / f"{b}.gz").is_file()
+    ]
+    if missing:
+        names = ", ".join(f"{b}.gz" for b in missing)
         raise DataError(
-            f"{name} is incomplete in {root}: {names} missing; put the missing file(s) into "
-            f"{root} (TRAINJOB_DATA_DIR), next to the others"
+            f"{name} is incomplete in {place}: {names} missing; put the missing file(s) into "
+            f"{place} (TRAINJOB_DATA_DIR), next to the others"
         )
-    verify(root, name)
-    train, test = _read_split(name, root, True), _read_split(name, root, False)
-    train = Split(train.images[::data_slice].contiguous(), train.labels[::data_slice].contiguous())
-    test = Split(test.images[::data_slice].contiguous(), test.labels[::data_slice].contiguous())
+    arrays, sources = {}, {}
+    for base in ALL_FILES:
+        blob, sources[base] = _load_file(root, place, name, base, cache)
+        arrays[base] = _parse_idx(blob, sources[base], base, place)
+    splits = {}
+    for split, (images, labels) in RAW_FILES.items():
+        x, y = arrays[images], arrays[labels]
+        if x.shape[0] != y.shape[0]:
+            raise DataError(
+                f"data files {sources[images]} ({x.shape[0]} images) and {sources[labels]} "
+                f"({y.shape[0]} labels) do not match; put the original pair of .gz files "
+                f"into {place} (TRAINJOB_DATA_DIR)"
+            )
+        if len(y) and int(y.max()) >= CLASSES:
+            raise DataError(
+                f"data file {sources[labels]} has label {int(y.max())}; {name} labels are "
+                f"0-{CLASSES - 1}: " + _replace_hint(place, labels)
+            )
+        splits[split] = Split(
+            x[::data_slice].unsqueeze(1).contiguous(), y[::data_slice].to(torch.int64)
+        )
+    train, test = splits["train"], splits["test"]
     if device is not None:
         train, test = train.to(device), test.to(device)
     return Data(train=train, test=test, name=name, data_slice=data_slice)

@@ -101,7 +101,9 @@ def run(settings: Settings) -> int:
 
     device = runtime.select_device(settings.device)
     threads = runtime.configure(settings.threads, device)
-    dataset = data.load(settings.dataset, settings.data_dir, settings.data_slice, device)
+    dataset = data.load(
+        settings.dataset, settings.data_dir, settings.data_slice, device, settings.cache_dir
+    )
     if settings.batch_size > len(dataset.train):
         raise ConfigError(
             f"TRAINJOB_BATCH_SIZE={settings.batch_size} is larger than the {len(dataset.train)} "

@@ -29,6 +29,7 @@ _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 RUNTIME_FIELDS = frozenset(
     {
         "data_dir",
+        "cache_dir",
         "output_dir",
         "checkpoint_dir",
         "checkpoint_every_steps",
@@ -135,6 +136,11 @@ class Settings(BaseSettings):
 
     # --- where things go -----------------------------------------------------------------------
     data_dir: Path = Field(Path("data"), description="Dataset root (raw IDX files, .gz or not).")
+    cache_dir: Path | None = Field(
+        None,
+        description="Unpacked-dataset cache (the data folder is only read); "
+        "default $XDG_CACHE_HOME/trainjob or ~/.cache/trainjob.",
+    )
     output_dir: Path = Field(Path("outputs"), description="Model and run summary output folder.")
     checkpoint_dir: Path | None = Field(
         None, description="Checkpoint folder; default <output_dir>/checkpoints."
