@@ -87,10 +87,10 @@ def write_run_record(settings: Settings, tracker: Any, exit_code: int, summary: 
 
 def run(settings: Settings) -> int:
     import torch
-    from tqdm.auto import tqdm
 
     from . import checkpoint, data, export, resume, runtime, tracking
     from .model import ConvNet
+    from .progress import display
     from .train import LoopConfig, LoopStats, Progress, evaluate, make_optimizer, train
 
     started = time.perf_counter()
@@ -169,7 +169,7 @@ def run(settings: Settings) -> int:
         seed=settings.seed,
         channels_last=settings.channels_last,
         bf16=settings.amp == "bf16",
-        progress_bar=settings.progress,
+        progress_bar=True,  # a bar on a terminal, plain lines elsewhere (progress.display)
         lr_schedule=settings.lr_schedule,
         cuda_graphs=settings.cuda_graphs,
     )
@@ -191,7 +191,7 @@ def run(settings: Settings) -> int:
             history,
             progress,
             saver,
-            tqdm,
+            display(progress, settings.epochs, settings.progress, settings.progress_every_s),
             stats,
         )
         train_s = time.perf_counter() - train_start
