@@ -146,6 +146,50 @@ def closed_port() -> int:
         return int(sock.getsockname()[1])
 
 
+class SilentListener:
+    """A TCP listener on 127.0.0.1 that accepts every connection and never sends a byte: a
+    proxy or server that hangs. ``connections`` counts what was accepted; ``first_bytes`` keeps
+    what each client sent first (e.g. ``CONNECT host:443``), to name it in a failure."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.first_bytes: list[bytes] = []
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self._held.append(conn)
+            conn.settimeout(2)
+            try:
+                self.first_bytes.append(conn.recv(200))
+            except OSError:
+                self.first_bytes.append(b"")
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[SilentListener]:
+    listener = SilentListener()
+    try:
+        yield listener
+    finally:
+        listener.close()
+
+
 class FakeServer:
     def __init__(self, proc: subprocess.Popen[str] | None, url: str, log: Path) -> None:
         self.proc, self.url, self.log = proc, url, log

@@ -28,7 +28,7 @@ from torch import nn
 
 from .errors import ConfigError, StorageError
 from .settings import Settings
-from .wandb_env import base_url, has_api_key, redact, resolve_mode
+from .wandb_env import base_url, connect_fails, has_api_key, redact, resolve_mode
 
 
 class Tracker:
@@ -146,6 +146,7 @@ def choose_mode(settings: Settings) -> str:
     """
     mode = resolve_mode()
     if mode not in ("online", "shared"):
+        _no_network()
         return mode
     if not has_api_key():
         raise ConfigError(
@@ -199,8 +200,18 @@ def start(
     return Tracker(run, mode, settings.wandb_finish_timeout, settings.wandb_init_timeout)
 
 
-def _going_offline(reason: str) -> None:
+def _no_network() -> None:
+    """Offline or disabled: nothing may contact a server. wandb otherwise reports its own
+    errors and usage (Sentry in wandb-core, OpenTelemetry in Python) to WANDB_BASE_URL even
+    offline; through a proxy that never answers that cost 10-15 s per process, at exit.
+    ``WANDB_ERROR_REPORTING=false`` is W&B's documented switch for both (wandb/env.py; the
+    service is then started with ``--no-observability``); a value the user set is kept."""
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     _quiet_telemetry()
+
+
+def _going_offline(reason: str) -> None:
+    _no_network()
     print(
         f"trainjob: W&B server {base_url()} unreachable ({reason}); continuing offline: every "
         "step is kept on disk for `wandb sync`",
@@ -256,6 +267,11 @@ def check_server(timeout: float) -> str | None:
     when it rejects the key (HTTP 401/403) or the key is malformed. ``wandb.Api()`` verifies the
     key through wandb-core and chains the failed request (with its HTTP status) as the cause.
     """
+    started = time.monotonic()
+    refused = connect_fails(base_url(), timeout)  # refused or unresolvable: known at once
+    if refused is not None:
+        return refused
+    timeout = max(timeout - (time.monotonic() - started), 0.5)
     # The wait below starts once wandb-core runs, which took 0.4-0.9 s (2 CPU cores): keep 1 s
     # of the budget for that, so that the whole check stays within ``timeout``.
     wait = max(timeout - SERVICE_START_S, timeout / 2)
