@@ -27,6 +27,7 @@ import wandb
 from torch import nn
 
 from .errors import ConfigError, StorageError
+from .resume import exit_code_of
 from .settings import Settings
 from .wandb_env import base_url, connect_fails, has_api_key, redact, resolve_mode
 
@@ -159,6 +160,29 @@ def choose_mode(settings: Settings) -> str:
         return mode
     _going_offline(f"{reason}; waited {time.monotonic() - started:.1f}s")
     return "offline"
+
+
+def finished_run(settings: Settings, run_id: str, mode: str) -> str | None:
+    """Where run ``run_id`` is recorded as complete (exit 0), or None if it is new or was
+    interrupted. A run id names one run: a finished one is never written into again.
+
+    Looked up in the run folders under WANDB_DIR (offline runs and the local copies of online
+    ones: their exit record) and, online, on the server (the run's state). W&B itself cannot
+    refuse it: ``resume="allow"`` reopens a finished run as readily as an interrupted one, and
+    ``resume="never"`` refuses both."""
+    root = Path(os.environ.get("WANDB_DIR") or ".") / "wandb"
+    for folder in sorted(root.glob(f"*-{run_id}")) if root.is_dir() else []:
+        if exit_code_of(folder / f"run-{run_id}.wandb") == 0:
+            return str(folder)
+    if mode not in ("online", "shared"):
+        return None
+    try:
+        api = wandb.Api(timeout=settings.wandb_init_timeout)  # type: ignore[arg-type]
+        path = f"{api.default_entity}/{settings.resolved_project}/{run_id}"
+        state = api.run(path).state
+    except Exception:  # not found (ValueError), or no answer: nothing to refuse
+        return None
+    return f"{base_url()} {path}" if state == "finished" else None
 
 
 def start(
