@@ -253,6 +253,7 @@ def run(settings: Settings) -> int:
         )
         train_s = time.perf_counter() - train_start
         accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, saver, progress)
+        saver.finishing()  # a signal from here on: the job completes (exit 0)
         # A row of its own after the last training row (which may sit at examples_seen): a job
         # resumed during evaluation must not write to a step the history already has.
         history.log({"test_accuracy": accuracy}, step=progress.examples_seen + 1)
