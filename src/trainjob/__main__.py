@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 
 from .cli import load_settings, print_help, split_command, wants_help
-from .env_dirs import create_env_dirs
+from .env_dirs import create_env_dirs, default_wandb_dirs
 from .errors import ConfigError, ExitCode, TrainjobError
 
 
@@ -44,6 +44,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.OK)
     command, rest = split_command(args)
     try:
+        default_wandb_dirs()  # W&B's artifact folders under WANDB_DIR unless set
         create_env_dirs()  # before anything reads TMPDIR (an empty volume has none of them)
         return dispatch(command, rest)
     except TrainjobError as exc:

@@ -98,7 +98,10 @@ class Tracker:
                 ) from None
         self.run.save(str(inside), base_path=self.run.dir, policy="now")
         artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=dict(metadata))
-        artifact.add_file(str(inside), name=path.name)
+        # "immutable": the artifact refers to the copy in the run folder (never changed
+        # again) instead of staging one more copy under WANDB_DATA_DIR: the run folder alone
+        # holds everything `wandb sync` uploads.
+        artifact.add_file(str(inside), name=path.name, policy="immutable")
         if self.mode != "offline" and not _server_answers(self.server_timeout):
             # Online, log_artifact first asks the server (wandb.Api) and, with the server gone,
             # raises instead of skipping that optional check (wandb 0.31, wandb_run.py
