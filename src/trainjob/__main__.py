@@ -44,8 +44,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.OK)
     command, rest = split_command(args)
     try:
-        default_wandb_dirs()  # W&B's artifact folders under WANDB_DIR unless set
         create_env_dirs()  # before anything reads TMPDIR (an empty volume has none of them)
+        default_wandb_dirs()  # W&B's artifact folders under WANDB_DIR unless set (W&B creates them)
         return dispatch(command, rest)
     except TrainjobError as exc:
         print(f"trainjob: error: {exc}", file=sys.stderr, flush=True)

@@ -15,14 +15,7 @@ from pathlib import Path
 
 from .errors import StorageError
 
-ENV_DIRS = (
-    "TMPDIR",
-    "WANDB_DIR",
-    "WANDB_CACHE_DIR",
-    "WANDB_CONFIG_DIR",
-    "WANDB_DATA_DIR",
-    "WANDB_ARTIFACT_DIR",
-)
+ENV_DIRS = ("TMPDIR", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
 
 # W&B's folders for artifact files (staged copies to upload, the download cache, downloads),
 # by default in the home folder (~/.local/share/wandb, ~/.cache/wandb) or the current one: an
