@@ -81,14 +81,14 @@ def refuse_finished(settings: Settings, run_id: str, mode: str, from_checkpoint:
     where = where or tracking.finished_run(settings, run_id, mode)
     if where is None:
         return
-    source = (
-        f"the checkpoint in {settings.ckpt_dir}"
-        if from_checkpoint
-        else f"{env_name('run_id')}={run_id}"
-    )
+    if from_checkpoint:  # left behind by a job that finished (killed before removing it)
+        raise ConfigError(
+            f"the checkpoint in {job_checkpoint_dir(settings)} belongs to W&B run {run_id}, which "
+            f"already finished ({where}); delete that checkpoint to start a new run"
+        )
     raise ConfigError(
-        f"{source} names W&B run {run_id}, which already finished ({where}); a run id means one "
-        f"run: set a new {env_name('run_id')} (or none, for a generated one)"
+        f"{env_name('run_id')}={run_id} names W&B run {run_id}, which already finished ({where}); "
+        f"a run id means one run: set a new {env_name('run_id')} (or none, for a generated one)"
     )
 
 
