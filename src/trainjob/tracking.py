@@ -280,6 +280,20 @@ def _quiet_telemetry() -> None:
         opentelemetry_proxy.disable()
 
 
+def _check_key_format() -> None:
+    """ConfigError for a WANDB_API_KEY that wandb itself would reject before any request
+    (``wandb.Api()`` runs the same check first). Best effort: private API."""
+    key = os.environ.get("WANDB_API_KEY")
+    try:
+        from wandb.sdk.lib.wbauth.validation import check_api_key
+
+        problem = check_api_key(key) if key else None
+    except Exception:
+        return
+    if problem:
+        raise ConfigError(redact(f"W&B credentials are invalid: {problem}"))
+
+
 def _server_answers(timeout: float) -> bool:
     try:
         return check_server(timeout) is None
@@ -297,6 +311,7 @@ def check_server(timeout: float) -> str | None:
     started = time.monotonic()
     refused = connect_fails(base_url(), timeout)  # refused or unresolvable: known at once
     if refused is not None:
+        _check_key_format()  # a malformed key is exit 2 whether or not a server answers
         return refused
     timeout = max(timeout - (time.monotonic() - started), 0.5)
     # The wait below starts once wandb-core runs, which took 0.4-0.9 s (2 CPU cores): keep 1 s
