@@ -17,6 +17,7 @@ import argparse
 import contextlib
 import json
 import os
+import re
 import socket
 import subprocess
 import sys
@@ -30,17 +31,32 @@ from typing import Any
 ENTITY = "fake-entity"
 
 
-def _graphql_answer(base: str, op: str, variables: dict[str, Any]) -> dict[str, Any]:
-    if op == "Viewer":
+def _graphql_answer(
+    base: str, op: str, variables: dict[str, Any], runs: dict[str, str] | None = None
+) -> dict[str, Any]:
+    runs = runs if runs is not None else {}
+    if op == "Run":  # wandb.Api().run(path): the runs this server has seen, with their state
+        name = variables.get("name") or ""
+        if name not in runs:
+            return {"project": None}
+        run = {"id": "UnVuOjE=", "name": name, "displayName": name, "state": runs[name]}
+        run.update(projectId="1", config="{}", summaryMetrics="{}", systemMetrics="{}")
+        run.update(tags=[], historyLineCount=0, historyKeys=None)
+        run["user"] = {"name": "fake", "username": "fake"}
+        return {"project": {"run": run}}
+    if op in ("Viewer", "GetDefaultEntity"):  # wandb-core's and wandb.Api's names for it
         viewer = {"id": "VXNlcjox", "entity": ENTITY, "username": "fake", "email": "f@example.com"}
         return {"viewer": {**viewer, "flags": "{}", "teams": {"edges": []}}}
     if op == "UpsertBucket":
         name = variables.get("name") or "run"
+        runs.setdefault(name, "running")
         project = {"id": "UHJvamVjdDox", "name": variables.get("project") or "p"}
         project["entity"] = {"id": "RW50aXR5OjE=", "name": ENTITY}
         bucket = {"id": "UnVuOjE=", "name": name, "displayName": variables.get("displayName")}
         bucket.update(description="", config="{}", sweepName=None, historyLineCount=0)
         return {"upsertBucket": {"bucket": {**bucket, "project": project}, "inserted": True}}
+    if op == "ArtifactType":  # run.log_artifact asks whether the name has a type already
+        return {"project": None}
     if op == "ServerFeaturesQuery":
         return {"serverInfo": {"features": []}}
     if op == "CreateRunFiles":
@@ -78,6 +94,7 @@ def _graphql_answer(base: str, op: str, variables: dict[str, Any]) -> dict[str, 
 def serve(mode: str, log: Path, die_on_stream: int) -> None:
     lock = threading.Lock()
     streams = {"n": 0}
+    runs: dict[str, str] = {}  # run id -> state, as W&B reports it ("running", "finished")
 
     class Handler(BaseHTTPRequestHandler):
         protocol_version = "HTTP/1.1"
@@ -101,12 +118,20 @@ def serve(mode: str, log: Path, die_on_stream: int) -> None:
             payload: Any = {}
             if self.path.startswith("/graphql"):
                 request = json.loads(body or b"{}")
-                entry["op"] = request.get("operationName")
+                # wandb.Api's queries name the operation only in the query text
+                named = re.search(r"\b(?:query|mutation)\s+(\w+)", request.get("query") or "")
+                entry["op"] = request.get("operationName") or (named[1] if named else None)
                 base = f"http://{self.headers.get('Host')}"
                 variables = request.get("variables") or {}
-                payload = {"data": _graphql_answer(base, entry["op"], variables)}
+                with lock:
+                    payload = {"data": _graphql_answer(base, entry["op"], variables, runs)}
             elif self.path.endswith("/file_stream"):
-                files = json.loads(body or b"{}").get("files", {})
+                stream = json.loads(body or b"{}")
+                files = stream.get("files", {})
+                if stream.get("complete"):  # the run's last upload: it ended, with this code
+                    run_name = self.path.rstrip("/").split("/")[-2]
+                    with lock:
+                        runs[run_name] = "finished" if stream.get("exitcode") == 0 else "failed"
                 rows = files.get("wandb-history.jsonl", {}).get("content", [])
                 entry["history"] = [json.loads(row)["_step"] for row in rows]
             with lock, open(log, "a") as fh:
@@ -144,6 +169,50 @@ def closed_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
+
+
+class SilentListener:
+    """A TCP listener on 127.0.0.1 that accepts every connection and never sends a byte: a
+    proxy or server that hangs. ``connections`` counts what was accepted; ``first_bytes`` keeps
+    what each client sent first (e.g. ``CONNECT host:443``), to name it in a failure."""
+
+    def __init__(self) -> None:
+        self.sock = socket.create_server(("127.0.0.1", 0))
+        self.url = f"http://127.0.0.1:{self.sock.getsockname()[1]}"
+        self.first_bytes: list[bytes] = []
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    @property
+    def connections(self) -> int:
+        return len(self._held)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:  # closed
+                return
+            self._held.append(conn)
+            conn.settimeout(2)
+            try:
+                self.first_bytes.append(conn.recv(200))
+            except OSError:
+                self.first_bytes.append(b"")
+
+    def close(self) -> None:
+        self.sock.close()
+        for conn in self._held:
+            conn.close()
+
+
+@contextlib.contextmanager
+def silent_listener() -> Iterator[SilentListener]:
+    listener = SilentListener()
+    try:
+        yield listener
+    finally:
+        listener.close()
 
 
 class FakeServer:

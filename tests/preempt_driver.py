@@ -4,7 +4,8 @@
 
 WHERE is ``step:K`` (the signal arrives while step K runs, i.e. just before its ``after_step``
 hook), ``epoch:E`` (inside the ``after_epoch`` hook that ends epoch E, counted from 1) or
-``eval`` (during the test-set evaluation). SIGNAL is ``TERM``, ``INT``, ``USR1`` or ``KILL``; KILL
+``eval`` (during the test-set evaluation) or ``done`` (right after it: export, summary and W&B's
+finish still to come). SIGNAL is ``TERM``, ``INT``, ``USR1`` or ``KILL``; KILL
 first kills this process's children (the wandb-core service) and then the process itself, like a
 pod whose grace period ran out.
 
@@ -47,17 +48,27 @@ def _send(name: str) -> None:
 
 def _arm(name: str, where: str) -> None:
     kind, _, value = where.partition(":")
-    hook = {"step": "after_step", "epoch": "after_epoch", "eval": "during_eval"}[kind]
+    hook = {
+        "step": "after_step",
+        "epoch": "after_epoch",
+        "eval": "during_eval",
+        "done": "finishing",
+    }[kind]
     original = getattr(checkpoint.Checkpointer, hook)
     fired = False
 
-    def wrapped(self: checkpoint.Checkpointer, progress) -> None:  # type: ignore[no-untyped-def]
+    def wrapped(self: checkpoint.Checkpointer, *progress) -> None:  # type: ignore[no-untyped-def]
         nonlocal fired
-        position = {"step": progress.step, "epoch": progress.epoch, "eval": 0}[kind]
+        if kind == "done":  # right after the evaluation: training and its result are complete
+            original(self)
+            position = 0
+        else:
+            position = {"step": progress[0].step, "epoch": progress[0].epoch, "eval": 0}[kind]
         if not fired and position == int(value or 0):
             fired = True
             _send(name)
-        original(self, progress)
+        if kind != "done":
+            original(self, *progress)
 
     setattr(checkpoint.Checkpointer, hook, wrapped)
 

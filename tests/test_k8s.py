@@ -547,6 +547,34 @@ def test_sync_job_is_bounded_suspended_and_reads_the_same_volume(
         assert configmap(docs, c["envFrom"][0]["configMapRef"]["name"])["WANDB_MODE"] == "offline"
 
 
+def test_sweep_agents_keep_their_runs_on_a_shared_claim(
+    rendered: dict[str, list[dict[str, Any]]],
+) -> None:
+    """/workspace of the agents outlives them: a trial that fell back offline stays for the
+    (suspended) sync Job, on the same ReadWriteMany claim; checkpoints are on it too."""
+    docs = rendered["sweep-agents"]
+    agent, sync = main_job(docs), sync_job(docs)
+    (pvc,) = of_kind(docs, "PersistentVolumeClaim")
+    assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]  # several agents on several nodes
+
+    def workspace(job: dict[str, Any]) -> dict[str, Any]:
+        vols = job["spec"]["template"]["spec"]["volumes"]
+        return next(v for v in vols if v["name"] == "workspace")
+
+    for job in (agent, sync):
+        assert workspace(job) == {
+            "name": "workspace",
+            "persistentVolumeClaim": {"claimName": pvc["metadata"]["name"]},
+        }
+    assert sync["spec"]["suspend"] is True
+    assert containers(sync)[0]["envFrom"] == containers(agent)[0]["envFrom"]  # same WANDB_DIR
+    mounts = {m["mountPath"]: m["name"] for m in containers(agent)[0]["volumeMounts"]}
+    assert mounts["/workspace"] == "workspace"
+    config = configmap(docs, containers(agent)[0]["envFrom"][0]["configMapRef"]["name"])
+    assert config["WANDB_DIR"] == "/workspace"
+    assert config["TRAINJOB_CHECKPOINT_DIR"].startswith("/workspace/")
+
+
 def test_rwx_checkpoints_component_renders(tmp_path: Path) -> None:
     """The optional component (sweep-agents' kustomization names it in a comment)."""
     overlay = tmp_path / "overlay"
@@ -563,7 +591,8 @@ def test_rwx_checkpoints_component_renders(tmp_path: Path) -> None:
         )
     )
     docs = render(overlay)
-    (pvc,) = of_kind(docs, "PersistentVolumeClaim")
+    claims = of_kind(docs, "PersistentVolumeClaim")
+    (pvc,) = [c for c in claims if "checkpoints" in c["metadata"]["name"]]
     assert pvc["spec"]["accessModes"] == ["ReadWriteMany"]
     pod = main_job(docs)["spec"]["template"]["spec"]
     mounts = {m["mountPath"]: m["name"] for m in pod["containers"][0]["volumeMounts"]}
@@ -588,6 +617,9 @@ def test_dockerfile_entrypoint_matches_what_the_pods_assume() -> None:
 # --- the pods' own commands, run here ------------------------------------------------------------
 
 
+JOB_UID = "0b6c1c9e-5e1b-4e38-9d4c-3f0e1f2a7b11"
+
+
 @dataclass
 class Pod:
     """What the kubelet knows about one pod of a Job: its labels and annotations."""
@@ -598,14 +630,17 @@ class Pod:
     namespace: str = "trainjob"
 
     @classmethod
-    def of(cls, job: dict[str, Any], index: int = 0) -> Pod:
+    def of(cls, job: dict[str, Any], index: int = 0, uid: str = JOB_UID) -> Pod:
+        """A pod of ``job``; ``uid`` is the Job object's UID (a new one each time a Job is
+        created, also under an old name), which the Job controller labels its pods with."""
         name = job["metadata"]["name"]
         labels = dict(job["spec"]["template"]["metadata"].get("labels", {}))
         labels.update(
             {
                 "batch.kubernetes.io/job-name": name,
                 "job-name": name,
-                "batch.kubernetes.io/controller-uid": "0b6c1c9e-5e1b-4e38-9d4c-3f0e1f2a7b11",
+                "batch.kubernetes.io/controller-uid": uid,
+                "controller-uid": uid,
             }
         )
         annotations = {}
@@ -776,7 +811,28 @@ def one_error_line(stderr: str) -> str:
     return lines[0]
 
 
-def test_train_pod_runs_here_and_its_run_id_is_the_job_name(
+@pytest.mark.parametrize("overlay", ["train", "offline"])
+def test_run_id_is_one_per_job_object(
+    overlay: str, rendered: dict[str, list[dict[str, Any]]], pod_root: Path
+) -> None:
+    """Every pod of one Job (restarts, replacements) gets one run id; the same manifest applied
+    again (a new Job object under the same name, a new UID) gets another: it never reopens
+    the first Job's finished run or resumes its checkpoints."""
+    docs = rendered[overlay]
+    job = main_job(docs)
+    containers_ = containers(job)
+    again = "7d1e2f3a-4b5c-4d6e-8f90-a1b2c3d4e5f6"
+    env = [
+        pod_env(docs, job, containers_[0], Pod.of(job, uid=u)) for u in (JOB_UID, JOB_UID, again)
+    ]
+    assert env[0]["TRAINJOB_RUN_ID"] == env[1]["TRAINJOB_RUN_ID"] == JOB_UID
+    assert env[2]["TRAINJOB_RUN_ID"] == again
+    assert env[0]["TRAINJOB_CHECKPOINT_DIR"] != env[2]["TRAINJOB_CHECKPOINT_DIR"]
+    assert env[0]["TRAINJOB_RUN_NAME"] == env[2]["TRAINJOB_RUN_NAME"] == job["metadata"]["name"]
+    Settings(run_id=JOB_UID)  # a UID is a valid run id
+
+
+def test_train_pod_runs_here_and_its_run_id_is_the_job_uid(
     rendered: dict[str, list[dict[str, Any]]], tiny_data: Path, pod_root: Path
 ) -> None:
     docs = rendered["train"]
@@ -787,18 +843,24 @@ def test_train_pod_runs_here_and_its_run_id_is_the_job_name(
     out = pod.run(pod_root)
     assert out.returncode == 0, out.stderr[-3000:]
     name = job["metadata"]["name"]
-    assert pod.env["TRAINJOB_RUN_ID"] == name
+    assert pod.env["TRAINJOB_RUN_ID"] == JOB_UID
     (run_dir,) = offline_runs(pod.host("/workspace"))
-    assert run_dir.name.endswith(f"-{name}")  # a replacement pod resumes this id
+    assert run_dir.name.endswith(f"-{JOB_UID}")  # a replacement pod resumes this id
     run = read_offline_run(run_dir)
-    assert run.run_info["run_id"] == name
+    assert run.run_info["run_id"] == JOB_UID and run.run_info["display_name"] == name
     # The CPU limit (4) reached torch's thread pool through OMP_NUM_THREADS.
     limit = containers(job)[0]["resources"]["limits"]["cpu"]
     assert run.config["env"]["threads"] == int(limit) == int(pod.env["OMP_NUM_THREADS"])
-    assert (pod.host("/workspace/outputs") / "model.onnx").exists()
+    assert (pod.host("/workspace/outputs") / JOB_UID / "model.onnx").is_file()
+    assert (pod.host("/workspace/outputs") / "model.onnx").is_file()  # the latest job's
     # Checkpoints on the claim, one folder per Job (removed files: the run finished).
     ckpt = Path(pod.env["TRAINJOB_CHECKPOINT_DIR"])
-    assert ckpt == pod.host("/workspace") / "checkpoints" / name and ckpt.is_dir()
+    assert ckpt == pod.host("/workspace") / "checkpoints" / JOB_UID and ckpt.is_dir()
+    # A replacement pod of this Job after it finished (same UID): refused, nothing reopened.
+    again = pod.run(pod_root)
+    assert again.returncode == ExitCode.BAD_CONFIG, again.stderr[-3000:]
+    assert "already finished" in one_error_line(again.stderr)
+    assert offline_runs(pod.host("/workspace")) == [run_dir]
 
 
 def test_offline_pod_then_sync_pod_find_the_run(
@@ -811,7 +873,7 @@ def test_offline_pod_then_sync_pod_find_the_run(
     out = train.run(pod_root)
     assert out.returncode == 0, out.stderr[-3000:]
     (run_dir,) = offline_runs(train.host("/workspace"))
-    assert run_dir.name.endswith(f"-{main_job(docs)['metadata']['name']}")
+    assert run_dir.name.endswith(f"-{JOB_UID}")
 
     # The sync pod, on the same claim: its exact command with --dry-run (no W&B server here).
     sync = local_pod(docs, sync_job(docs), pod_root)
@@ -828,7 +890,7 @@ def test_offline_pod_then_sync_pod_find_the_run(
     )
     assert out.returncode == 0, out.stderr
     assert "Would sync 1 run(s)" in out.stderr, out.stderr
-    assert f"run-{main_job(docs)['metadata']['name']}.wandb" in out.stderr
+    assert f"run-{JOB_UID}.wandb" in out.stderr
     # Without the Secret the real command stops at once, loudly (hence the required key).
     no_server = {**sync.env, "WANDB_BASE_URL": "http://127.0.0.1:9"}
     out = subprocess.run(

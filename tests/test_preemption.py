@@ -304,3 +304,18 @@ def test_time_from_signal_to_exit_is_reported(gauntlet) -> None:
     assert all(v > 0 for v in latencies.values())
     report = ", ".join(f"{n} {v:.2f} s" for n, v in latencies.items())
     print(f"signal to exit: {report} (grace period: 30 s)")  # reported, never asserted
+
+
+def test_sigterm_after_evaluation_lets_the_job_complete(tiny_data: Path, tmp_path: Path) -> None:
+    """A SIGTERM once training and evaluation are over: the job says it is finishing (not
+    "checkpointing", which it would not do) and completes: exit 0, model, complete W&B run."""
+    result = run_job(job_env(tmp_path, tiny_data), tmp_path, signal_at="TERM@done")
+    assert result.rc == 0 and result.signal == "SIGTERM", result
+    said = [ln for ln in result.stderr.splitlines() if ln.startswith("trainjob: got SIGTERM")]
+    assert said == [
+        "trainjob: got SIGTERM; finishing: training is done, the run completes (exit 0)"
+    ]
+    (run_dir,) = offline_runs(tmp_path)
+    run = read_offline_run(run_dir)
+    assert run.exit_code == 0 and "test_accuracy" in run.summary
+    assert (tmp_path / "outputs" / "model.onnx").is_file()

@@ -170,8 +170,16 @@ def test_job_model_on_full_disk_keeps_previous_model(staged_data: Path, tmp_path
         result = run_cli(["--epochs=1", "--batch_size=64", "--data_slice=2"], env, tmp_path)
         assert result.returncode == 5, result.stderr
         line = _one_error_line(result)
-        assert f"could not write {disk / 'model.onnx'}: No space left on device" in line
-        assert (disk / "model.onnx").read_bytes() == before
+        record = json.loads((disk / "run.json").read_text())  # the latest job's record
+        run_id = record["run_id"]
+        assert f"could not write {disk / run_id / 'model.onnx'}: No space left on device" in line
+        assert (disk / "model.onnx").read_bytes() == before  # still the previous model
         # No temp files left; the small run record (what sweeps read back) says how it ended.
-        assert sorted(p.name for p in disk.iterdir()) == ["filler", "model.onnx", "run.json"]
-        assert json.loads((disk / "run.json").read_text())["exit_code"] == 5
+        assert sorted(p.name for p in disk.iterdir()) == [
+            run_id,
+            "filler",
+            "model.onnx",
+            "run.json",
+        ]
+        assert [p.name for p in (disk / run_id).iterdir()] == ["run.json"]
+        assert record["exit_code"] == 5

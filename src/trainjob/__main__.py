@@ -14,7 +14,7 @@ import threading
 from collections.abc import Sequence
 
 from .cli import load_settings, print_help, split_command, wants_help
-from .env_dirs import create_env_dirs
+from .env_dirs import create_env_dirs, default_wandb_dirs
 from .errors import ConfigError, ExitCode, TrainjobError
 
 
@@ -45,6 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     command, rest = split_command(args)
     try:
         create_env_dirs()  # before anything reads TMPDIR (an empty volume has none of them)
+        default_wandb_dirs()  # W&B's artifact folders under WANDB_DIR unless set (W&B creates them)
         return dispatch(command, rest)
     except TrainjobError as exc:
         print(f"trainjob: error: {exc}", file=sys.stderr, flush=True)

@@ -184,6 +184,7 @@ class Checkpointer(Hooks):
         self.meta = dict(meta or {})  # fixed entries: the W&B run id, the config
         self.extra: Callable[[], dict[str, Any]] | None = None  # entries read at each save
         self.signal: int | None = None
+        self.done = False  # training and evaluation are over: a signal no longer stops the job
         self._last_save = time.monotonic()
         self._previous_handlers: dict[int, Any] = {}
 
@@ -201,10 +202,13 @@ class Checkpointer(Hooks):
         # Only set a flag: the loop finishes its current step and checkpoints from there.
         if self.signal is None:
             self.signal = signum
+            what = (
+                "finishing: training is done, the run completes (exit 0)"
+                if self.done
+                else "checkpointing after this step"
+            )
             print(
-                f"trainjob: got {signal.Signals(signum).name}; checkpointing after this step",
-                file=sys.stderr,
-                flush=True,
+                f"trainjob: got {signal.Signals(signum).name}; {what}", file=sys.stderr, flush=True
             )
 
     # --- hooks ---------------------------------------------------------------------------------
@@ -225,6 +229,12 @@ class Checkpointer(Hooks):
         self.save(progress)
         if self.signal is not None:
             self._stop(progress, save=False)
+
+    def finishing(self) -> None:
+        """Training and evaluation are over. The handlers stay installed (a signal must not
+        kill W&B's finish halfway), but from here a signal only lets the job complete:
+        stopping now would throw away a finished training for a rerun of the evaluation."""
+        self.done = True
 
     def during_eval(self, progress: Progress) -> None:
         # Training is over and its final state is already saved (after_epoch, or the checkpoint

@@ -10,12 +10,30 @@ missing ``$TMPDIR`` is not an error for Python, which silently falls back to ano
 from __future__ import annotations
 
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, MutableMapping
 from pathlib import Path
 
 from .errors import StorageError
 
 ENV_DIRS = ("TMPDIR", "WANDB_DIR", "WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR")
+
+# W&B's folders for artifact files (staged copies to upload, the download cache, downloads),
+# by default in the home folder (~/.local/share/wandb, ~/.cache/wandb) or the current one: an
+# offline run's artifact then lives outside WANDB_DIR, and copying WANDB_DIR to a connected
+# machine leaves it behind (wandb/server#149). Unless set, they go under WANDB_DIR's wandb/.
+WANDB_DIR_DEFAULTS = {
+    "WANDB_DATA_DIR": ".data",
+    "WANDB_CACHE_DIR": ".cache",
+    "WANDB_ARTIFACT_DIR": "artifacts",
+}
+
+
+def default_wandb_dirs(environ: MutableMapping[str, str] = os.environ) -> None:
+    """Set each of WANDB_DIR_DEFAULTS that is not set to ``<WANDB_DIR or .>/wandb/<name>``."""
+    root = Path(environ.get("WANDB_DIR") or ".").absolute() / "wandb"
+    for name, folder in WANDB_DIR_DEFAULTS.items():
+        if not environ.get(name):
+            environ[name] = str(root / folder)
 
 
 def create_env_dirs(environ: Mapping[str, str] = os.environ) -> None:

@@ -82,6 +82,10 @@ def _export(cpu_model: nn.Module, sample: torch.Tensor, tmp: Path, exporter: str
 
 def check_onnx(model: nn.Module, path: Path, batch: torch.Tensor) -> float:
     """onnx.checker + onnxruntime on ``batch``; returns the max abs difference to torch."""
+    # onnxruntime >= 1.29 sends usage telemetry (model name, hashes) from Linux too, to
+    # mobile.events.data.microsoft.com; ORT_DISABLE_TELEMETRY is its documented switch. A check
+    # of our own export has nothing to report, and an air-gapped job must not wait on it.
+    os.environ.setdefault("ORT_DISABLE_TELEMETRY", "1")
     import onnx
     import onnxruntime as ort
 

@@ -7,13 +7,14 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import sys
 import time
 from pathlib import Path
 from typing import Any
 
 from .errors import ConfigError, ExitCode, Preempted, StorageError, TrainjobError
-from .settings import Settings
+from .settings import Settings, env_name
 from .wandb_env import resolve_mode
 
 
@@ -67,30 +68,84 @@ def _check_resumable(state: dict[str, Any], settings: Settings) -> None:
         )
 
 
+def refuse_finished(settings: Settings, run_id: str, mode: str, from_checkpoint: bool) -> None:
+    """A run id means one run: resume what was interrupted, never reopen a finished run (a
+    second job under the same id would log its config and summary into it, and ``wandb sync``
+    would merge both). ConfigError (exit 2) when ``run_id`` is recorded as complete."""
+    from . import tracking
+
+    record = read_run_record(run_record_path(settings.output_dir, run_id))
+    where = (
+        str(run_record_path(settings.output_dir, run_id)) if record.get("exit_code") == 0 else None
+    )
+    where = where or tracking.finished_run(settings, run_id, mode)
+    if where is None:
+        return
+    if from_checkpoint:  # left behind by a job that finished (killed before removing it)
+        raise ConfigError(
+            f"the checkpoint in {job_checkpoint_dir(settings)} belongs to W&B run {run_id}, which "
+            f"already finished ({where}); delete that checkpoint to start a new run"
+        )
+    raise ConfigError(
+        f"{env_name('run_id')}={run_id} names W&B run {run_id}, which already finished ({where}); "
+        f"a run id means one run: set a new {env_name('run_id')} (or none, for a generated one)"
+    )
+
+
+def run_record_path(output_dir: Path, run_id: str | None = None) -> Path:
+    """Where a job's ``run.json`` is: ``<output_dir>/<run_id>/run.json`` for one run, and
+    ``<output_dir>/run.json`` (a link to the latest job's) without ``run_id``."""
+    return (output_dir / run_id if run_id else output_dir) / "run.json"
+
+
+def read_run_record(path: Path) -> dict[str, Any]:
+    try:
+        record = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return {}
+    return record if isinstance(record, dict) else {}
+
+
 def write_run_record(settings: Settings, tracker: Any, exit_code: int, summary: dict) -> None:
     """``<output_dir>/run.json``: how the job ended, its W&B run folder and its summary. Offline
     sweeps read trial results back from it (sweep_local.py). Best effort: never masks an error."""
     record = {
         "exit_code": exit_code,
+        "run_id": tracker.run_id,
         "mode": tracker.mode,
         "run_dir": str(tracker.run_dir) if tracker.run_dir else None,
         "summary": summary,
     }
-    path = settings.output_dir / "run.json"
+    path = run_record_path(settings.output_dir, tracker.run_id)
     tmp = path.with_name(f".run.json.{os.getpid()}.tmp")
     try:  # via a temp file: a full disk leaves no empty or half-written run.json behind
+        path.parent.mkdir(parents=True, exist_ok=True)
         tmp.write_text(json.dumps(record, indent=1) + "\n")
         os.replace(tmp, path)
+        point_latest(run_record_path(settings.output_dir), path)
     except OSError:
         tmp.unlink(missing_ok=True)
 
 
+def point_latest(link: Path, target: Path) -> None:
+    """Make ``link`` (``outputs/model.onnx``, ``outputs/run.json``) lead to the latest job's
+    ``target`` (``outputs/<run_id>/...``): a relative symlink, swapped in atomically, so the
+    folder can be moved or mounted elsewhere; a copy where the file system has no symlinks."""
+    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
+    try:
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(os.path.relpath(target, link.parent))
+    except OSError:
+        shutil.copyfile(target, tmp)
+    os.replace(tmp, link)
+
+
 def run(settings: Settings) -> int:
     import torch
-    from tqdm.auto import tqdm
 
     from . import checkpoint, data, export, resume, runtime, tracking
     from .model import ConvNet
+    from .progress import display
     from .train import LoopConfig, LoopStats, Progress, evaluate, make_optimizer, train
 
     started = time.perf_counter()
@@ -132,6 +187,8 @@ def run(settings: Settings) -> int:
         progress = saver.restore(state)
         print(f"trainjob: resuming from {state['path']} at step {progress.step}", file=sys.stderr)
     run_id = (state or {}).get("run_id") or settings.run_id
+    if run_id and not os.environ.get("WANDB_SWEEP_ID"):  # in a sweep the agent owns the id
+        refuse_finished(settings, run_id, wandb_mode, from_checkpoint=state is not None)
     if saver.signal is not None:  # stopped during setup: exit before creating a W&B run
         raise Preempted("stopped by a signal before training started; rerun the same command")
 
@@ -171,7 +228,7 @@ def run(settings: Settings) -> int:
         seed=settings.seed,
         channels_last=settings.channels_last,
         bf16=settings.amp == "bf16",
-        progress_bar=settings.progress,
+        progress_bar=True,  # a bar on a terminal, plain lines elsewhere (progress.display)
         lr_schedule=settings.lr_schedule,
         cuda_graphs=settings.cuda_graphs,
     )
@@ -193,19 +250,28 @@ def run(settings: Settings) -> int:
             history,
             progress,
             saver,
-            tqdm,
+            display(progress, settings.epochs, settings.progress, settings.progress_every_s),
             stats,
         )
         train_s = time.perf_counter() - train_start
         accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, saver, progress)
+        saver.finishing()  # a signal from here on: the job completes (exit 0)
         # A row of its own after the last training row (which may sit at examples_seen): a job
         # resumed during evaluation must not write to a step the history already has.
         history.log({"test_accuracy": accuracy}, step=progress.examples_seen + 1)
         samples_per_s = (progress.examples_seen - start_examples) / max(train_s, 1e-9)
 
-        model_path = settings.output_dir / "model.onnx"
+        # One folder per run: a later job (another run id) never overwrites this model.
+        model_path = settings.output_dir / tracker.run_id / "model.onnx"
         sample = data.to_float(dataset.test.images[:16])
         export.export_onnx(model, sample, model_path, settings.onnx_exporter)
+        try:
+            point_latest(settings.output_dir / "model.onnx", model_path)
+        except OSError as exc:
+            raise StorageError(
+                f"could not write {settings.output_dir / 'model.onnx'}: {exc.strerror or exc}; "
+                f"the model itself is complete in {model_path}"
+            ) from None
         diff = export.check_onnx(model, model_path, data.to_float(dataset.test.images[:37]))
         summary = {
             "test_accuracy": accuracy,

@@ -143,6 +143,27 @@ def last_history_step(path: Path) -> int | None:
     return last
 
 
+def exit_code_of(path: Path) -> int | None:
+    """The exit code in a ``.wandb`` file's exit record (the run ended), None if it has none
+    (still running, or killed before ``finish``) or cannot be read."""
+    from wandb.proto import wandb_internal_pb2
+
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return None
+    code: int | None = None
+    for payload in _records(blob):
+        record = wandb_internal_pb2.Record()
+        try:
+            record.ParseFromString(payload)
+        except Exception:  # a corrupt record (DecodeError): skip it
+            continue
+        if record.WhichOneof("record_type") == "exit":
+            code = record.exit.exit_code
+    return code
+
+
 def _records(blob: bytes) -> Iterator[bytes]:
     """Payloads of the complete records in a LevelDB-log-format byte string."""
     if blob[:4] != b":W&B":

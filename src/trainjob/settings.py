@@ -44,6 +44,7 @@ RUNTIME_FIELDS = frozenset(
         "wandb_finish_timeout",
         "threads",
         "progress",
+        "progress_every_s",
         "device",
         "onnx_exporter",
     }
@@ -151,7 +152,16 @@ class Settings(BaseSettings):
     checkpoint_every_s: float = Field(
         60.0, ge=0, allow_inf_nan=False, description="Checkpoint every n seconds; 0 = off."
     )
-    progress: bool = Field(True, description="Show a progress bar per epoch.")
+    progress: bool = Field(
+        True, description="A progress bar on a terminal; false (or no terminal): plain lines."
+    )
+    progress_every_s: float = Field(
+        30.0,
+        ge=0,
+        le=86_400,
+        allow_inf_nan=False,
+        description="Without a bar: a progress line at least every n seconds (0 = per epoch).",
+    )
 
     # --- sweeps --------------------------------------------------------------------------------
     sweep_id: str | None = Field(

@@ -27,8 +27,9 @@ import wandb
 from torch import nn
 
 from .errors import ConfigError, StorageError
+from .resume import exit_code_of
 from .settings import Settings
-from .wandb_env import base_url, has_api_key, redact, resolve_mode
+from .wandb_env import base_url, connect_fails, has_api_key, redact, resolve_mode
 
 
 class Tracker:
@@ -97,7 +98,10 @@ class Tracker:
                 ) from None
         self.run.save(str(inside), base_path=self.run.dir, policy="now")
         artifact = wandb.Artifact(f"model-{self.run.id}", type="model", metadata=dict(metadata))
-        artifact.add_file(str(inside), name=path.name)
+        # "immutable": the artifact refers to the copy in the run folder (never changed
+        # again) instead of staging one more copy under WANDB_DATA_DIR: the run folder alone
+        # holds everything `wandb sync` uploads.
+        artifact.add_file(str(inside), name=path.name, policy="immutable")
         if self.mode != "offline" and not _server_answers(self.server_timeout):
             # Online, log_artifact first asks the server (wandb.Api) and, with the server gone,
             # raises instead of skipping that optional check (wandb 0.31, wandb_run.py
@@ -146,6 +150,7 @@ def choose_mode(settings: Settings) -> str:
     """
     mode = resolve_mode()
     if mode not in ("online", "shared"):
+        _no_network()
         return mode
     if not has_api_key():
         raise ConfigError(
@@ -158,6 +163,29 @@ def choose_mode(settings: Settings) -> str:
         return mode
     _going_offline(f"{reason}; waited {time.monotonic() - started:.1f}s")
     return "offline"
+
+
+def finished_run(settings: Settings, run_id: str, mode: str) -> str | None:
+    """Where run ``run_id`` is recorded as complete (exit 0), or None if it is new or was
+    interrupted. A run id names one run: a finished one is never written into again.
+
+    Looked up in the run folders under WANDB_DIR (offline runs and the local copies of online
+    ones: their exit record) and, online, on the server (the run's state). W&B itself cannot
+    refuse it: ``resume="allow"`` reopens a finished run as readily as an interrupted one, and
+    ``resume="never"`` refuses both."""
+    root = Path(os.environ.get("WANDB_DIR") or ".") / "wandb"
+    for folder in sorted(root.glob(f"*-{run_id}")) if root.is_dir() else []:
+        if exit_code_of(folder / f"run-{run_id}.wandb") == 0:
+            return str(folder)
+    if mode not in ("online", "shared"):
+        return None
+    try:
+        api = wandb.Api(timeout=settings.wandb_init_timeout)  # type: ignore[arg-type]
+        path = f"{api.default_entity}/{settings.resolved_project}/{run_id}"
+        state = api.run(path).state
+    except Exception:  # not found (ValueError), or no answer: nothing to refuse
+        return None
+    return f"{base_url()} {path}" if state == "finished" else None
 
 
 def start(
@@ -199,8 +227,18 @@ def start(
     return Tracker(run, mode, settings.wandb_finish_timeout, settings.wandb_init_timeout)
 
 
-def _going_offline(reason: str) -> None:
+def _no_network() -> None:
+    """Offline or disabled: nothing may contact a server. wandb otherwise reports its own
+    errors and usage (Sentry in wandb-core, OpenTelemetry in Python) to WANDB_BASE_URL even
+    offline; through a proxy that never answers that cost 10-15 s per process, at exit.
+    ``WANDB_ERROR_REPORTING=false`` is W&B's documented switch for both (wandb/env.py; the
+    service is then started with ``--no-observability``); a value the user set is kept."""
+    os.environ.setdefault("WANDB_ERROR_REPORTING", "false")
     _quiet_telemetry()
+
+
+def _going_offline(reason: str) -> None:
+    _no_network()
     print(
         f"trainjob: W&B server {base_url()} unreachable ({reason}); continuing offline: every "
         "step is kept on disk for `wandb sync`",
@@ -242,6 +280,20 @@ def _quiet_telemetry() -> None:
         opentelemetry_proxy.disable()
 
 
+def _check_key_format() -> None:
+    """ConfigError for a WANDB_API_KEY that wandb itself would reject before any request
+    (``wandb.Api()`` runs the same check first). Best effort: private API."""
+    key = os.environ.get("WANDB_API_KEY")
+    try:
+        from wandb.sdk.lib.wbauth.validation import check_api_key
+
+        problem = check_api_key(key) if key else None
+    except Exception:
+        return
+    if problem:
+        raise ConfigError(redact(f"W&B credentials are invalid: {problem}"))
+
+
 def _server_answers(timeout: float) -> bool:
     try:
         return check_server(timeout) is None
@@ -256,6 +308,12 @@ def check_server(timeout: float) -> str | None:
     when it rejects the key (HTTP 401/403) or the key is malformed. ``wandb.Api()`` verifies the
     key through wandb-core and chains the failed request (with its HTTP status) as the cause.
     """
+    started = time.monotonic()
+    refused = connect_fails(base_url(), timeout)  # refused or unresolvable: known at once
+    if refused is not None:
+        _check_key_format()  # a malformed key is exit 2 whether or not a server answers
+        return refused
+    timeout = max(timeout - (time.monotonic() - started), 0.5)
     # The wait below starts once wandb-core runs, which took 0.4-0.9 s (2 CPU cores): keep 1 s
     # of the budget for that, so that the whole check stays within ``timeout``.
     wait = max(timeout - SERVICE_START_S, timeout / 2)

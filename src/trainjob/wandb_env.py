@@ -5,13 +5,54 @@ from __future__ import annotations
 
 import netrc
 import os
+import socket
+import urllib.request
 from urllib.parse import urlparse
 
 from .errors import ConfigError
 
+# wandb 0.31's own default server (wandb/sdk/lib/urls.py DEFAULT_BASE_URL): the host that
+# `wandb login` stores the key under and that wandb-core connects to.
+DEFAULT_BASE_URL = "https://api.forge.coreweave.com"
+
 
 def base_url() -> str:
-    return os.environ.get("WANDB_BASE_URL") or "https://api.wandb.ai"
+    return os.environ.get("WANDB_BASE_URL") or DEFAULT_BASE_URL
+
+
+def first_hop(url: str) -> tuple[str, int]:
+    """The (host, port) a client connects to for ``url``: the proxy that HTTPS_PROXY /
+    HTTP_PROXY name unless NO_PROXY exempts the host (the rules of Python's urllib and Go's
+    net/http, which wandb-core uses), else the server itself."""
+    target = urlparse(url)
+    host = target.hostname or ""
+    proxy = urllib.request.getproxies().get(target.scheme or "https")
+    if proxy and not urllib.request.proxy_bypass(host):
+        hop = urlparse(proxy if "://" in proxy else f"http://{proxy}")
+        return hop.hostname or "", hop.port or (443 if hop.scheme == "https" else 80)
+    return host, target.port or (80 if target.scheme == "http" else 443)
+
+
+def connect_fails(url: str, timeout: float) -> str | None:
+    """Open (and close) one TCP connection to ``url``'s first hop, waiting at most ``timeout``
+    seconds. A short reason when it fails, None when something accepted it.
+
+    A refused connection or a name that does not resolve is an answer: it comes back at once
+    and waiting cannot change it (wandb's own client retries it until its timeout). Only a
+    silent network (a dropped SYN, a firewall) uses up the timeout here.
+    """
+    host, port = first_hop(url)
+    try:
+        with socket.create_connection((host, port), timeout=timeout):
+            return None
+    except socket.gaierror:
+        return f"cannot resolve {host}"
+    except ConnectionRefusedError:
+        return f"connection to {host}:{port} refused"
+    except TimeoutError:
+        return f"no answer from {host}:{port} within {timeout:g}s"
+    except OSError as exc:  # unreachable network, no route, reset
+        return f"cannot connect to {host}:{port} ({exc.strerror or exc})"
 
 
 def _netrc_key() -> str | None:
