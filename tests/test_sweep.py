@@ -35,8 +35,8 @@ from trainjob.sweep_local import (
 )
 from trainjob.trials import (
     FailureCounter,
+    Interrupted,
     SignalForwarder,
-    Stopped,
     TrialRunner,
     exit_status,
     trial_env,
@@ -342,9 +342,13 @@ def test_parse_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_failure_counter_and_exit_status() -> None:
     counter = FailureCounter(2)
-    for code, exhausted in [(2, False), (0, False), (1, False), (143, True)]:
+    # Only real failures count: a trial stopped by the sweep (6) or preempted (143) neither
+    # counts nor resets the run of failures (wandb/wandb#12821 counts preempted runs).
+    steps = [(2, False), (0, False), (1, False), (6, False), (143, False), (6, False), (4, True)]
+    for code, exhausted in steps:
         counter.record(code)
-        assert counter.exhausted is exhausted
+        assert counter.exhausted is exhausted, code
+    assert counter.consecutive == 2
     assert exit_status(-15) == 143 and exit_status(0) == 0 and exit_status(None) == 1
 
 
@@ -364,7 +368,7 @@ def test_signal_between_trials() -> None:
     with signals.active():
         os.kill(os.getpid(), signal.SIGTERM)
     assert signals.signal == signal.SIGTERM
-    with pytest.raises(Stopped, match="SIGTERM: sweep stopped"):
+    with pytest.raises(Interrupted, match="SIGTERM: sweep stopped"):
         signals.run(TrialRunner(fork=False), ["train"], {})  # raises before starting anything
     agent = SignalForwarder(interrupt_when_idle=True)
     with pytest.raises(KeyboardInterrupt), agent.active():

@@ -47,7 +47,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         create_env_dirs()  # before anything reads TMPDIR (an empty volume has none of them)
         return dispatch(command, rest)
     except TrainjobError as exc:
-        print(f"trainjob: error: {exc}", file=sys.stderr, flush=True)
+        what = "stopped" if exc.exit_code == ExitCode.STOPPED else "error"  # 6: not a failure
+        print(f"trainjob: {what}: {exc}", file=sys.stderr, flush=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C while checkpointing
         print("trainjob: interrupted", file=sys.stderr)

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ExitCode, Preempted, StorageError, TrainjobError
+from .errors import ConfigError, ExitCode, Preempted, StorageError, TrainjobError, TrialStopped
 from .settings import Settings
 from .wandb_env import resolve_mode
 
@@ -89,7 +89,7 @@ def run(settings: Settings) -> int:
     import torch
     from tqdm.auto import tqdm
 
-    from . import checkpoint, data, export, resume, runtime, tracking
+    from . import checkpoint, data, export, resume, runtime, stopping, tracking
     from .model import ConvNet
     from .train import LoopConfig, LoopStats, Progress, evaluate, make_optimizer, train
 
@@ -123,6 +123,8 @@ def run(settings: Settings) -> int:
         every_s=settings.checkpoint_every_s,
     )
     saver.install()  # from here on SIGTERM means "checkpoint and exit 143", not "die"
+    stop = stopping.StopRequest()  # a sweep's stop: end after this step, exit 6, no checkpoint
+    stop.install()
     progress = Progress()
     state = checkpoint.load_latest(ckpt_dir)
     if state is not None:
@@ -139,7 +141,9 @@ def run(settings: Settings) -> int:
         "env": runtime.environment(device, threads),
     }
     print(f"trainjob: {json.dumps(extra['env'])}", file=sys.stderr)
-    tracker = tracking.start(settings, extra, run_id=run_id, mode=wandb_mode)
+    tracker = tracking.start(
+        settings, extra, run_id=run_id, mode=wandb_mode, on_stop=stop.from_wandb
+    )
     saver.meta = {"run_id": tracker.run_id, "config": settings.run_config()}
     # Resuming into a run whose history already has rows: log only the steps after them, and
     # watch from the first new row on (see resume.py).
@@ -173,6 +177,17 @@ def run(settings: Settings) -> int:
         lr_schedule=settings.lr_schedule,
         cuda_graphs=settings.cuda_graphs,
     )
+    # Per-epoch test_accuracy (the sweep metric hyperband compares) and sweep stops, around
+    # the checkpointing hooks (stopping.py).
+    hooks = stopping.EpochEnd(
+        saver,
+        stop,
+        lambda: evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16),
+        history,
+        settings.epochs,
+        settings.output_dir,
+        progress,
+    )
     exit_code = ExitCode.CRASHED
     summary: dict[str, Any] = {}
     try:
@@ -190,12 +205,13 @@ def run(settings: Settings) -> int:
             cfg,
             history,
             progress,
-            saver,
+            hooks,
             tqdm,
             stats,
         )
         train_s = time.perf_counter() - train_start
-        accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, saver, progress)
+        accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, hooks, progress)
+        hooks.record(accuracy)
         # A row of its own after the last training row (which may sit at examples_seen): a job
         # resumed during evaluation must not write to a step the history already has.
         history.log({"test_accuracy": accuracy}, step=progress.examples_seen + 1)
@@ -219,6 +235,18 @@ def run(settings: Settings) -> int:
         tracker.summary(summary)
         tracker.save_model(model_path, {"test_accuracy": accuracy, **settings.run_config()})
         exit_code = ExitCode.OK
+    except TrialStopped as exc:
+        exit_code = ExitCode.STOPPED
+        # Recorded as stopped in the run and in run.json; the metric's last per-epoch value is
+        # the run's summary value, as W&B keeps the last logged one.
+        summary = {"stopped": str(exc)}
+        if hooks.values:
+            summary[stopping.PER_EPOCH_METRICS[0]] = hooks.values[-1]
+        tracker.summary({"stopped": str(exc)})
+        # Nothing will resume a stopped trial: its checkpoints would only be left behind.
+        for path in checkpoint.checkpoints(ckpt_dir):
+            path.unlink(missing_ok=True)
+        raise
     except Preempted:
         exit_code = ExitCode.PREEMPTED
         if tracker.enabled:
@@ -238,6 +266,7 @@ def run(settings: Settings) -> int:
         tracker.finish(exit_code=int(exit_code))
         write_run_record(settings, tracker, int(exit_code), summary)
         saver.uninstall()
+        stop.uninstall()
         # A resumed offline run is split over one folder per process: upload them together.
         command = resume.sync_command(tracker) or tracker.sync_command()
         if command:

@@ -22,7 +22,7 @@ from typing import Any
 from .cli import load_settings
 from .errors import ConfigError, ExitCode
 from .settings import Settings
-from .trials import FailureCounter, SignalForwarder, Stopped, TrialRunner, trial_env
+from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
 from .wandb_env import resolve_mode
 
 # Metrics a trainjob run logs (train.py / job.py). A sweep metric outside this set would never
@@ -135,13 +135,10 @@ def check_metric(path: Path, config: dict[str, Any], allowed: tuple[str, ...]) -
 
 
 def sweep_engine() -> Any:
-    """W&B's sweep engine (PyPI ``sweeps``); its pydantic-v1 style models warn on import."""
-    import warnings
+    """W&B's sweep engine (PyPI ``sweeps``), see sweep_engine.py."""
+    from .sweep_engine import engine
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import sweeps
-    return sweeps
+    return engine
 
 
 def check_run_cap(path: Path, config: dict[str, Any]) -> None:
@@ -305,7 +302,7 @@ class AgentTrial:
         print(f"trainjob agent: trial {os.environ.get('WANDB_RUN_ID')}: {' '.join(argv)}")
         try:
             code = self.signals.run(self.runner, argv, self.env())
-        except Stopped:
+        except Interrupted:
             self.results.append(int(ExitCode.PREEMPTED))
             raise
         self.results.append(code)

@@ -38,7 +38,7 @@ from .cli import load_settings
 from .errors import ConfigError, ExitCode, TrainjobError
 from .settings import ENV_PREFIX, Settings, env_name
 from .sweep import SUMMARY_METRICS, TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
-from .trials import FailureCounter, SignalForwarder, Stopped, TrialRunner, trial_env
+from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
 from .wandb_env import resolve_mode
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
@@ -303,7 +303,7 @@ class LocalSweep:
                 started = time.perf_counter()
                 try:
                     code = signals.run(runner, argv, self.env(point))
-                except Stopped:
+                except Interrupted:
                     self.report()
                     raise
                 record = read_result(folder)
