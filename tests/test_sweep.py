@@ -126,7 +126,22 @@ def _with(**changes: object) -> dict:
 BAD_SWEEPS = [
     (_with(method="sideways"), [], "rejected by W&B's sweep schema"),
     (_with(parameters=None), [], "rejected by W&B's sweep schema"),
-    (_with(early_terminate={"type": "hyperband"}), [], "rejected by W&B's sweep schema"),
+    # early_terminate: named, with what is wrong, before any trial (W&B's engine's own checks).
+    (_with(early_terminate={"type": "hyperband"}), [], "needs min_iter (with eta) or max_iter"),
+    (_with(early_terminate="hyperband"), [], "early_terminate='hyperband' is invalid"),
+    (_with(early_terminate={"type": "hyperband", "min_iter": 1, "eta": 0}), [], "eta': 0} is"),
+    (_with(early_terminate={"type": "hyperbnd", "min_iter": 2}), [], "Invalid early stopping"),
+    (_with(early_terminate={"type": "hyperband", "max_iter": 4, "s": 0}), [], "Bands must"),
+    (
+        _with(metric={"name": "loss"}, early_terminate={"type": "hyperband", "min_iter": 1}),
+        [],
+        "metric 'loss' is not logged once per epoch, so early_terminate",
+    ),
+    (
+        _with(metric=None, early_terminate={"type": "hyperband", "min_iter": 1}),
+        [],
+        "early_terminate needs the sweep's metric",
+    ),
     (_with(run_cap=0), [], "run_cap=0 is invalid"),
     (_with(metric={"name": "val_loss"}), [], "'val_loss' is never logged by trainjob"),
     (_with(metric={"name": "loss"}), [], "'loss' is not in the summary"),

@@ -13,7 +13,8 @@ ends after its current step with ``TrialStopped`` (exit 6): no checkpoint, the r
 Offline early termination (``trainjob sweep run``): the sweep driver leaves ``RULE_FILE`` in the
 trial's output folder (the sweep's ``metric`` and ``early_terminate`` and every earlier trial's
 per-epoch values); at each epoch end this trial asks W&B's engine (``sweeps.stop_runs``) whether
-it trails, and stops between two epochs if so. ``EPOCHS_FILE`` holds this trial's own values.
+it trails, and stops between two epochs if so (early_terminate.py). ``EPOCHS_FILE`` holds this
+trial's own values.
 """
 
 from __future__ import annotations
@@ -22,18 +23,14 @@ import json
 import os
 import signal
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from .early_terminate import EPOCHS_FILE, PER_EPOCH_METRICS, EarlyTermination, read_epoch_values
 from .errors import TrialStopped
 from .train import Hooks, Progress
 from .trials import STOP_SIGNAL
-
-PER_EPOCH_METRICS = ("test_accuracy",)
-RULE_FILE = "early_terminate.json"
-EPOCHS_FILE = "epochs.json"
-THIS_RUN = "this-trial"
 
 
 class StopRequest:
@@ -70,47 +67,6 @@ class StopRequest:
                 f"{self.reason}: ended at step {progress.step} (epoch {progress.epoch}); not a "
                 "failure, no checkpoint kept"
             )
-
-
-class EarlyTermination:
-    """The sweep's early-termination rule against the earlier trials' per-epoch values."""
-
-    def __init__(self, config: Mapping[str, Any], runs: list[Mapping[str, Any]]) -> None:
-        self.config = dict(config)
-        self.metric = str(self.config["metric"]["name"])
-        self.runs = runs
-
-    @classmethod
-    def load(cls, folder: Path) -> EarlyTermination | None:
-        try:
-            blob = json.loads((folder / RULE_FILE).read_text())
-        except FileNotFoundError:
-            return None
-        return cls(blob["config"], blob["runs"])
-
-    @staticmethod
-    def write(folder: Path, config: Mapping[str, Any], runs: list[Mapping[str, Any]]) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        keys = ("method", "metric", "early_terminate")
-        blob = {"config": {k: config[k] for k in keys if k in config}, "runs": runs}
-        (folder / RULE_FILE).write_text(json.dumps(blob, indent=1) + "\n")
-
-    def trails(self, values: list[float]) -> str | None:
-        """Why this trial should stop now (W&B's hyperband line), or None to go on."""
-        from .sweep_engine import engine
-
-        def run(name: str, state: str, history: list[float]) -> Any:
-            rows = [{self.metric: v} for v in history]
-            # The alias: under pydantic 2, sweeps 0.2.0 silently drops history=...
-            return engine.SweepRun(name=name, state=state, sampledHistory=rows)
-
-        earlier = [run(str(r["name"]), "finished", list(r["history"])) for r in self.runs]
-        this = run(THIS_RUN, "running", values)
-        stop = engine.stop_runs(self.config, [*earlier, this])
-        if not any(r.name == THIS_RUN for r in stop):
-            return None
-        lines = (this.early_terminate_info or {}).get("lines") or ["hyperband"]
-        return f"early termination ({lines[-1].removeprefix(f'Run: {THIS_RUN} ')})"
 
 
 class EpochEnd(Hooks):
@@ -167,11 +123,3 @@ class EpochEnd(Hooks):
             os.replace(tmp, self.file)
         except OSError:  # best effort: the W&B history has every value too
             tmp.unlink(missing_ok=True)
-
-
-def read_epoch_values(folder: Path, metric: str = PER_EPOCH_METRICS[0]) -> list[float]:
-    try:
-        values = json.loads((folder / EPOCHS_FILE).read_text()).get(metric, [])
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [float(v) for v in values if isinstance(v, int | float)]

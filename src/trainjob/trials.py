@@ -210,16 +210,30 @@ class SignalForwarder:
                 signal.signal(sig, handler)
             self._previous.clear()
 
-    def run(self, runner: TrialRunner, argv: Sequence[str], env: Mapping[str, str]) -> int:
+    def run(
+        self,
+        runner: TrialRunner,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        stoppable: bool = False,
+    ) -> int:
         """Run one trial to its end; raise ``Interrupted`` when a signal came before or during
-        it."""
+        it. ``stoppable``: this thread is W&B's agent's, whose ``stop`` command raises a bare
+        ``Exception`` in it (wandb/agents/pyagent.py, ``_terminate_thread``): the trial is then
+        stopped (exit 6) and its exit status returned."""
         if self.signal is not None:
             raise Interrupted(self._message())
         trial = self.trial = runner.start(argv, env)
         try:
             if self.signal is not None:  # it came while the trial was being started
                 trial.send(self.signal)
-            code = trial.wait()
+            try:
+                code = trial.wait()
+            except Exception as exc:
+                if not (stoppable and type(exc) is Exception):
+                    raise
+                trial.send(STOP_SIGNAL)
+                code = trial.wait()
         except BaseException:
             # Anything else that ends the wait (a bug, Ctrl-C while not forwarding) must not
             # leave the trial training on as an orphan: it checkpoints and ends.
