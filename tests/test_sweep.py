@@ -404,3 +404,20 @@ def test_count_from_the_environment_bounds_a_random_sweep(
     monkeypatch.setenv("TRAINJOB_SWEEP_COUNT", "2")  # no run_cap: the count is the bound
     assert main(["sweep", "run", str(write(Path("r.yaml"), config)), "--dry-run"]) == 0
     assert capsys.readouterr().out.count(" trial ") == 2
+
+
+def test_stopped_trials_count_for_bayes_as_killed() -> None:
+    """As on W&B's server, an early-terminated trial is "killed" for the engine: its config
+    counts (with the worst metric imputed) and changes the next proposal; a preempted one is
+    still in progress."""
+    config = load_sweep(SWEEP_YAML)
+    first = Result(Point(0, bayes_point(config, 0, [])), 0, 0.9)
+    second = Point(1, bayes_point(config, 1, [first]))
+    stopped = Result(second, 6, 0.2)
+    assert (first.state, stopped.state, Result(second, 143).state) == (
+        "finished",
+        "stopped",
+        "preempted",
+    )
+    assert stopped.engine_state == "killed" and Result(second, 2).engine_state == "failed"
+    assert bayes_point(config, 2, [first, stopped]) != bayes_point(config, 2, [first])
