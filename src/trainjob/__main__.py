@@ -20,6 +20,9 @@ from .errors import ConfigError, ExitCode, TrainjobError
 
 def dispatch(command: list[str], rest: list[str]) -> int:
     if command == ["train"]:
+        from .stopping import listen_early
+
+        listen_early()  # a sweep's stop (SIGUSR2) during start-up must not kill the job
         from .job import run
 
         return run(load_settings(rest))

@@ -32,6 +32,15 @@ from .errors import TrialStopped
 from .train import Hooks, Progress
 from .trials import STOP_SIGNAL
 
+# A stop that came before the job installed its ``StopRequest`` (during start-up, data loading):
+# SIGUSR2's default action would kill the process, which would then look like a crash.
+_EARLY: list[str] = []
+
+
+def listen_early() -> None:
+    """Keep a stop that arrives from now on until the job's ``StopRequest`` takes over."""
+    signal.signal(STOP_SIGNAL, lambda *_: _EARLY.append("stopped by its sweep"))
+
 
 class StopRequest:
     """A stop asked for from outside the loop (a signal, W&B's stop check): a flag, read by the
@@ -43,6 +52,8 @@ class StopRequest:
 
     def install(self) -> None:
         self._previous = signal.signal(STOP_SIGNAL, self._on_signal)
+        if _EARLY:
+            self.request(_EARLY[0])
 
     def uninstall(self) -> None:
         if self._previous is not None:
