@@ -25,9 +25,11 @@ def documented_commands() -> list[str]:
     found = []
     for doc in DOCS:
         for block in re.findall(r"```bash\n(.*?)```", doc.read_text(), flags=re.S):
-            for line in block.splitlines():
+            for line in block.replace("\\\n", " ").splitlines():  # joined continuations
                 line = line.split("  #", 1)[0].strip()
-                words = shlex.split(line, comments=True) if line else []
+                if not re.match(r"([A-Z_]+=\S*\s+)*trainjob\s", line + " "):
+                    continue
+                words = shlex.split(line, comments=True)
                 command = [w for w in words if not re.fullmatch(r"[A-Z_]+=\S*", w)]
                 if command[:2] == ["trainjob", "sweep"] or command[:2] == ["trainjob", "agent"]:
                     found.append(line)
