@@ -55,6 +55,9 @@ EXIT_POLICY = {
     ExitCode.DIVERGED: "FailJob",  # a fixed seed and the same config diverge again
     ExitCode.STORAGE: "FailJob",  # an unwritable or full volume stays so
     ExitCode.PREEMPTED: "Ignore",  # checkpoint written: the replacement pod resumes
+    ExitCode.STOPPED: "FailJob",  # stopped from W&B on purpose: a restart would undo the stop
+    ExitCode.SWEEP_GAVE_UP: "FailJob",  # trials fail in a row: a new agent burns more of them
+    ExitCode.WANDB_UNREACHABLE: "count",  # an outage may pass: retried with backoff, bounded
 }
 # checkov checks skipped on purpose; each carries its reason in the manifest (checkov.io/skipN).
 EXPECTED_SKIPS = {"CKV_K8S_15", "CKV_K8S_35", "CKV_K8S_43"}

@@ -35,8 +35,8 @@ from trainjob.sweep_local import (
 )
 from trainjob.trials import (
     FailureCounter,
+    Interrupted,
     SignalForwarder,
-    Stopped,
     TrialRunner,
     exit_status,
     trial_env,
@@ -126,7 +126,22 @@ def _with(**changes: object) -> dict:
 BAD_SWEEPS = [
     (_with(method="sideways"), [], "rejected by W&B's sweep schema"),
     (_with(parameters=None), [], "rejected by W&B's sweep schema"),
-    (_with(early_terminate={"type": "hyperband"}), [], "rejected by W&B's sweep schema"),
+    # early_terminate: named, with what is wrong, before any trial (W&B's engine's own checks).
+    (_with(early_terminate={"type": "hyperband"}), [], "needs min_iter (with eta) or max_iter"),
+    (_with(early_terminate="hyperband"), [], "early_terminate='hyperband' is invalid"),
+    (_with(early_terminate={"type": "hyperband", "min_iter": 1, "eta": 0}), [], "eta': 0} is"),
+    (_with(early_terminate={"type": "hyperbnd", "min_iter": 2}), [], "Invalid early stopping"),
+    (_with(early_terminate={"type": "hyperband", "max_iter": 4, "s": 0}), [], "Bands must"),
+    (
+        _with(metric={"name": "loss"}, early_terminate={"type": "hyperband", "min_iter": 1}),
+        [],
+        "metric 'loss' is not logged once per epoch, so early_terminate",
+    ),
+    (
+        _with(metric=None, early_terminate={"type": "hyperband", "min_iter": 1}),
+        [],
+        "early_terminate needs the sweep's metric",
+    ),
     (_with(run_cap=0), [], "run_cap=0 is invalid"),
     (_with(metric={"name": "val_loss"}), [], "'val_loss' is never logged by trainjob"),
     (_with(metric={"name": "loss"}), [], "'loss' is not in the summary"),
@@ -342,9 +357,13 @@ def test_parse_options(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_failure_counter_and_exit_status() -> None:
     counter = FailureCounter(2)
-    for code, exhausted in [(2, False), (0, False), (1, False), (143, True)]:
+    # Only real failures count: a trial stopped by the sweep (6) or preempted (143) neither
+    # counts nor resets the run of failures (wandb/wandb#12821 counts preempted runs).
+    steps = [(2, False), (0, False), (1, False), (6, False), (143, False), (6, False), (4, True)]
+    for code, exhausted in steps:
         counter.record(code)
-        assert counter.exhausted is exhausted
+        assert counter.exhausted is exhausted, code
+    assert counter.consecutive == 2
     assert exit_status(-15) == 143 and exit_status(0) == 0 and exit_status(None) == 1
 
 
@@ -364,7 +383,7 @@ def test_signal_between_trials() -> None:
     with signals.active():
         os.kill(os.getpid(), signal.SIGTERM)
     assert signals.signal == signal.SIGTERM
-    with pytest.raises(Stopped, match="SIGTERM: sweep stopped"):
+    with pytest.raises(Interrupted, match="SIGTERM: sweep stopped"):
         signals.run(TrialRunner(fork=False), ["train"], {})  # raises before starting anything
     agent = SignalForwarder(interrupt_when_idle=True)
     with pytest.raises(KeyboardInterrupt), agent.active():
@@ -385,3 +404,33 @@ def test_count_from_the_environment_bounds_a_random_sweep(
     monkeypatch.setenv("TRAINJOB_SWEEP_COUNT", "2")  # no run_cap: the count is the bound
     assert main(["sweep", "run", str(write(Path("r.yaml"), config)), "--dry-run"]) == 0
     assert capsys.readouterr().out.count(" trial ") == 2
+
+
+def test_stopped_trials_count_for_bayes_as_killed() -> None:
+    """As on W&B's server, an early-terminated trial is "killed" for the engine: its config
+    counts (with the worst metric imputed) and changes the next proposal; a preempted one is
+    still in progress."""
+    config = load_sweep(SWEEP_YAML)
+    first = Result(Point(0, bayes_point(config, 0, [])), 0, 0.9)
+    second = Point(1, bayes_point(config, 1, [first]))
+    stopped = Result(second, 6, 0.2)
+    assert (first.state, stopped.state, Result(second, 143).state) == (
+        "finished",
+        "stopped",
+        "preempted",
+    )
+    assert stopped.engine_state == "killed" and Result(second, 2).engine_state == "failed"
+    assert bayes_point(config, 2, [first, stopped]) != bayes_point(config, 2, [first])
+
+
+def test_readme_exit_code_table_matches_the_exit_codes() -> None:
+    """The README's exit-code table has one row per ExitCode (errors.py), and --help names
+    each code."""
+    from trainjob.cli import help_text
+    from trainjob.errors import ExitCode
+
+    readme = (ROOT / "README.md").read_text()
+    table = readme.split("### Exit codes", 1)[1].split("\n\n", 3)[2]
+    rows = [line.split("|")[1].strip() for line in table.splitlines() if line.startswith("| ")]
+    assert [int(code) for code in rows[1:]] == sorted(int(c) for c in ExitCode)
+    assert all(f"{int(c)} " in help_text() for c in ExitCode if c != ExitCode.OK)

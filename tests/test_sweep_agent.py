@@ -66,7 +66,7 @@ def test_agent_trials_run_in_their_own_process_and_failures_stop_it(
         trial()
         give_trial(agent_env, monkeypatch, "bad00003", {"epochs": 0})
         with pytest.raises(TooManyFailures, match="2 trials failed in a row"):
-            trial()  # W&B's agent stops when its function raises; agent() then exits 1
+            trial()  # W&B's agent stops when its function raises; agent() then exits 7
     assert trial.results == [2, 0, 2, 2]
 
     (run_dir,) = offline_runs(agent_env)
@@ -83,12 +83,13 @@ def test_agent_trials_run_in_their_own_process_and_failures_stop_it(
     assert "trial bad00003 exited 2" in out
 
 
-def test_wandb_stop_command_ends_the_trial_process(
+def test_wandb_stop_command_stops_the_trial_process(
     agent_env: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """W&B's agent stops a run (UI "stop", early termination) by raising in the thread that runs
     the trial function (pyagent._stop_run -> _terminate_thread). The trial process must then
-    checkpoint and end, not train on as an orphan."""
+    end as stopped (exit 6, no checkpoint), not train on as an orphan, and the trial function
+    returns normally: W&B's agent already marked the run stopped, not failed."""
     from wandb.agents.pyagent import _terminate_thread
 
     monkeypatch.setenv("TRAINJOB_EPOCHS", "400")  # long enough to be stopped mid-training
@@ -111,8 +112,10 @@ def test_wandb_stop_command_ends_the_trial_process(
     time.sleep(1.0)
     _terminate_thread(thread)
     thread.join(timeout=240)
-    assert not thread.is_alive() and len(raised) == 1
+    assert not thread.is_alive() and raised == []
     record = json.loads((agent_env / "outputs/sweeps/sw33p/stop0001/run.json").read_text())
-    assert record["exit_code"] == 143  # the trial got SIGTERM and checkpointed
-    # Checkpoints of sweep trials are keyed by the W&B run id (a requeued run resumes).
-    assert list((agent_env / "outputs" / "checkpoints" / "stop0001").glob("ckpt-*.pt"))
+    assert record["exit_code"] == 6 and trial.results == [6]  # stopped, not preempted
+    assert trial.failures.consecutive == 0  # and not a failure
+    assert not list((agent_env / "outputs" / "checkpoints").rglob("ckpt-*.pt"))  # none kept
+    run = read_offline_run(Path(record["run_dir"]))
+    assert run.exit_code == 6 and "stopped by its sweep" in run.summary["stopped"]

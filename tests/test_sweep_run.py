@@ -165,7 +165,7 @@ def test_failed_trials_fail_alone_until_too_many_in_a_row(
         # Valid settings, but larger than the 512 training examples: the trial exits 2.
         "parameters": {"batch_size": {"values": [4096, 32, 8192, 16384, 64]}},
     }
-    assert main(["sweep", "run", str(write(sweep_env / "f.yaml", config))]) == 1
+    assert main(["sweep", "run", str(write(sweep_env / "f.yaml", config))]) == 7
     out, err = capsys.readouterr()
     errors = [ln for ln in err.splitlines() if ln.startswith("trainjob: error:")]
     assert errors[-1].startswith("trainjob: error: 2 trials failed in a row")
@@ -201,3 +201,44 @@ def test_sigterm_reaches_the_trial_and_stops_the_sweep(
     checkpoints = list((sweep_env / "outputs" / "checkpoints" / "sweeps" / "term").glob("*/*.pt"))
     assert len(checkpoints) >= 1
     assert len(offline_runs(sweep_env)) == 1  # the second point never started
+
+
+def test_offline_hyperband_stops_a_trailing_trial_between_epochs(
+    sweep_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """W&B's engine (sweeps.stop_runs) against the earlier trials' per-epoch test_accuracy: the
+    third point (a learning rate far too small) trails both earlier ones at the first band and
+    stops after its 2nd epoch; it is recorded as stopped (exit 6) in the table, in its run.json
+    and in its offline W&B run, and leaves no checkpoint."""
+    monkeypatch.setenv("TRAINJOB_EPOCHS", "4")
+    monkeypatch.setenv("TRAINJOB_WATCH_LOG", "none")
+    config = {
+        "name": "hb",
+        "method": "grid",
+        "metric": {"name": METRIC, "goal": "maximize"},
+        "parameters": {"learning_rate": {"values": [0.01, 0.005, 0.00001]}},
+        "early_terminate": {"type": "hyperband", "min_iter": 1, "eta": 2},
+    }
+    path = write(sweep_env / "hb.yaml", config)
+    assert main(["sweep", "run", str(path)]) == 0
+    out = capsys.readouterr().out
+    records = trial_records(sweep_env, "hb")
+    codes = [r["exit_code"] for _, r in sorted(records.items())]
+    assert codes == [0, 0, 6], out
+    stopped_key = max(records)
+    rows = {r[0]: r for r in (line.split() for line in out.splitlines()) if r and r[0] in records}
+    assert rows[stopped_key][1:2] == ["6"] and rows[stopped_key][3:5] == ["stopped", "2"]
+    assert "1 stopped early" in out
+    folder = sweep_env / "outputs" / "sweeps" / "hb"
+    assert json.loads((folder / stopped_key / "epochs.json").read_text())[METRIC][1] < 0.5
+    run = read_offline_run(Path(records[stopped_key]["run_dir"]))
+    assert run.exit_code == 6 and "early termination" in run.summary["stopped"]
+    assert len([h for h in run.history if METRIC in h]) == 2  # stopped between epochs 2 and 3
+    finished = read_offline_run(Path(records[min(records)]["run_dir"]))
+    assert len([h for h in finished.history if METRIC in h]) == 4  # one value per epoch
+    assert not list((sweep_env / "outputs" / "checkpoints").rglob("ckpt-*.pt"))
+
+    # A rerun keeps the stopped trial as it is, like a finished one: no duplicate run.
+    assert main(["sweep", "run", str(path)]) == 0
+    assert "already stopped" in capsys.readouterr().out
+    assert len(offline_runs(sweep_env)) == 3

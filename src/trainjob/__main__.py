@@ -20,6 +20,9 @@ from .errors import ConfigError, ExitCode, TrainjobError
 
 def dispatch(command: list[str], rest: list[str]) -> int:
     if command == ["train"]:
+        from .stopping import listen_early
+
+        listen_early()  # a sweep's stop (SIGUSR2) during start-up must not kill the job
         from .job import run
 
         return run(load_settings(rest))
@@ -48,7 +51,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         default_wandb_dirs()  # W&B's artifact folders under WANDB_DIR unless set (W&B creates them)
         return dispatch(command, rest)
     except TrainjobError as exc:
-        print(f"trainjob: error: {exc}", file=sys.stderr, flush=True)
+        what = "stopped" if exc.exit_code == ExitCode.STOPPED else "error"  # 6: not a failure
+        print(f"trainjob: {what}: {exc}", file=sys.stderr, flush=True)
         return int(exc.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C while checkpointing
         print("trainjob: interrupted", file=sys.stderr)

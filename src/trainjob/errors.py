@@ -17,6 +17,13 @@ class ExitCode(IntEnum):
     DATA = 3  # dataset missing, truncated, corrupt or not downloadable: fix the data, then rerun
     DIVERGED = 4  # the loss became NaN/inf: the hyperparameters are bad, the run is marked failed
     STORAGE = 5  # an output, W&B or checkpoint dir is unwritable, or the disk is full
+    # The trial was stopped by its sweep (early termination, a user's stop in W&B): not a
+    # failure, nothing to resume, no checkpoint kept.
+    STOPPED = 6
+    SWEEP_GAVE_UP = 7  # an agent / local sweep ended after too many consecutive failed trials
+    # No answer from the W&B server at WANDB_BASE_URL where nothing can fall back offline
+    # (trainjob agent, trainjob sweep create): the network or the server, not the input.
+    WANDB_UNREACHABLE = 8
     PREEMPTED = 143  # SIGTERM/SIGINT/SIGUSR1: checkpoint written, rerun to resume (128 + 15)
 
 
@@ -44,3 +51,17 @@ class StorageError(TrainjobError):
 
 class Preempted(TrainjobError):
     exit_code = ExitCode.PREEMPTED
+
+
+class TrialStopped(TrainjobError):
+    """The sweep stopped this trial between two steps: the run is closed, no checkpoint kept."""
+
+    exit_code = ExitCode.STOPPED
+
+
+class SweepGaveUp(TrainjobError):
+    exit_code = ExitCode.SWEEP_GAVE_UP
+
+
+class WandbUnreachable(TrainjobError):
+    exit_code = ExitCode.WANDB_UNREACHABLE

@@ -13,7 +13,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError, ExitCode, Preempted, StorageError, TrainjobError
+from .errors import ConfigError, ExitCode, Preempted, StorageError, TrainjobError, TrialStopped
 from .settings import Settings, env_name
 from .wandb_env import resolve_mode
 
@@ -143,7 +143,7 @@ def point_latest(link: Path, target: Path) -> None:
 def run(settings: Settings) -> int:
     import torch
 
-    from . import checkpoint, data, export, resume, runtime, tracking
+    from . import checkpoint, data, export, resume, runtime, stopping, tracking
     from .model import ConvNet
     from .progress import display
     from .train import LoopConfig, LoopStats, Progress, evaluate, make_optimizer, train
@@ -180,6 +180,8 @@ def run(settings: Settings) -> int:
         every_s=settings.checkpoint_every_s,
     )
     saver.install()  # from here on SIGTERM means "checkpoint and exit 143", not "die"
+    stop = stopping.StopRequest()  # a sweep's stop: end after this step, exit 6, no checkpoint
+    stop.install()
     progress = Progress()
     state = checkpoint.load_latest(ckpt_dir)
     if state is not None:
@@ -198,7 +200,9 @@ def run(settings: Settings) -> int:
         "env": runtime.environment(device, threads),
     }
     print(f"trainjob: {json.dumps(extra['env'])}", file=sys.stderr)
-    tracker = tracking.start(settings, extra, run_id=run_id, mode=wandb_mode)
+    tracker = tracking.start(
+        settings, extra, run_id=run_id, mode=wandb_mode, on_stop=stop.from_wandb
+    )
     saver.meta = {"run_id": tracker.run_id, "config": settings.run_config()}
     # Resuming into a run whose history already has rows: log only the steps after them, and
     # watch from the first new row on (see resume.py).
@@ -232,6 +236,17 @@ def run(settings: Settings) -> int:
         lr_schedule=settings.lr_schedule,
         cuda_graphs=settings.cuda_graphs,
     )
+    # Per-epoch test_accuracy (the sweep metric hyperband compares) and sweep stops, around
+    # the checkpointing hooks (stopping.py).
+    hooks = stopping.EpochEnd(
+        saver,
+        stop,
+        lambda: evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16),
+        history,
+        settings.epochs,
+        settings.output_dir,
+        progress,
+    )
     exit_code = ExitCode.CRASHED
     summary: dict[str, Any] = {}
     try:
@@ -249,12 +264,13 @@ def run(settings: Settings) -> int:
             cfg,
             history,
             progress,
-            saver,
+            hooks,
             display(progress, settings.epochs, settings.progress, settings.progress_every_s),
             stats,
         )
         train_s = time.perf_counter() - train_start
-        accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, saver, progress)
+        accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, hooks, progress)
+        hooks.record(accuracy)
         saver.finishing()  # a signal from here on: the job completes (exit 0)
         # A row of its own after the last training row (which may sit at examples_seen): a job
         # resumed during evaluation must not write to a step the history already has.
@@ -287,6 +303,18 @@ def run(settings: Settings) -> int:
         tracker.summary(summary)
         tracker.save_model(model_path, {"test_accuracy": accuracy, **settings.run_config()})
         exit_code = ExitCode.OK
+    except TrialStopped as exc:
+        exit_code = ExitCode.STOPPED
+        # Recorded as stopped in the run and in run.json; the metric's last per-epoch value is
+        # the run's summary value, as W&B keeps the last logged one.
+        summary = {"stopped": str(exc)}
+        if hooks.values:
+            summary[stopping.PER_EPOCH_METRICS[0]] = hooks.values[-1]
+        tracker.summary({"stopped": str(exc)})
+        # Nothing will resume a stopped trial: its checkpoints would only be left behind.
+        for path in checkpoint.checkpoints(ckpt_dir):
+            path.unlink(missing_ok=True)
+        raise
     except Preempted:
         exit_code = ExitCode.PREEMPTED
         if tracker.enabled:
@@ -306,6 +334,7 @@ def run(settings: Settings) -> int:
         tracker.finish(exit_code=int(exit_code))
         write_run_record(settings, tracker, int(exit_code), summary)
         saver.uninstall()
+        stop.uninstall()
         # A resumed offline run is split over one folder per process: upload them together.
         command = resume.sync_command(tracker) or tracker.sync_command()
         if command:

@@ -15,15 +15,15 @@ from __future__ import annotations
 
 import math
 import os
-import sys
 from pathlib import Path
 from typing import Any
 
 from .cli import load_settings
-from .errors import ConfigError, ExitCode
+from .early_terminate import PER_EPOCH_METRICS
+from .errors import ConfigError, ExitCode, SweepGaveUp, WandbUnreachable
 from .settings import Settings
-from .trials import FailureCounter, SignalForwarder, Stopped, TrialRunner, trial_env
-from .wandb_env import resolve_mode
+from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
+from .wandb_env import base_url, redact, resolve_mode
 
 # Metrics a trainjob run logs (train.py / job.py). A sweep metric outside this set would never
 # get a value: every trial would look equally bad. tests/test_sweep.py checks these against a
@@ -134,14 +134,49 @@ def check_metric(path: Path, config: dict[str, Any], allowed: tuple[str, ...]) -
         raise ConfigError(f"{path}: metric {name!r} is {logged}; use one of {', '.join(allowed)}")
 
 
-def sweep_engine() -> Any:
-    """W&B's sweep engine (PyPI ``sweeps``); its pydantic-v1 style models warn on import."""
-    import warnings
+def check_early_terminate(path: Path, raw: dict[str, Any]) -> None:
+    """``early_terminate`` as W&B's engine reads it (its own checks, run on an empty sweep), and
+    a metric that is logged once per epoch: named in one line, before any trial."""
+    import jsonschema
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        import sweeps
-    return sweeps
+    spec = raw.get("early_terminate")
+    if spec is None:
+        return
+    example = "e.g. {type: hyperband, min_iter: 1, eta: 2}"
+    metric = raw.get("metric") if isinstance(raw.get("metric"), dict) else {}
+    if not metric.get("name"):
+        raise ConfigError(
+            f"{path}: early_terminate needs the sweep's metric: add metric: {{name: "
+            f"{PER_EPOCH_METRICS[0]}, goal: maximize}}"
+        )
+    try:
+        sweep_engine().stop_runs({"metric": metric, "early_terminate": spec}, [])
+    except jsonschema.ValidationError as exc:
+        problem = exc.message
+        if exc.validator == "anyOf":
+            problem = "it needs min_iter (with eta) or max_iter (with s and eta)"
+        raise ConfigError(
+            f"{path}: early_terminate={spec!r} is invalid: {problem}; {example}"
+        ) from None
+    except (ValueError, KeyError, TypeError) as exc:
+        problem = " ".join(str(exc).split())
+        raise ConfigError(
+            f"{path}: early_terminate={spec!r} is invalid: {problem}; {example}"
+        ) from None
+    name = metric.get("name")
+    if name not in PER_EPOCH_METRICS:
+        raise ConfigError(
+            f"{path}: metric {name!r} is not logged once per epoch, so early_terminate has no "
+            f"iterations to compare; use metric {' or '.join(PER_EPOCH_METRICS)} or remove "
+            "early_terminate"
+        )
+
+
+def sweep_engine() -> Any:
+    """W&B's sweep engine (PyPI ``sweeps``), see sweep_engine.py."""
+    from .sweep_engine import engine
+
+    return engine
 
 
 def check_run_cap(path: Path, config: dict[str, Any]) -> None:
@@ -160,6 +195,7 @@ def load_sweep(path: str | Path, metrics: tuple[str, ...] = JOB_METRICS) -> dict
     # run_cap is a documented top-level key the W&B server knows and sweeps 0.2.0's schema
     # predates: check it here and the rest against the engine's schema.
     check_run_cap(path, raw)
+    check_early_terminate(path, raw)
     rest = {k: v for k, v in raw.items() if k not in SERVER_ONLY_KEYS}
     try:
         violations = sweeps.schema_violations_from_proposed_config(rest)
@@ -205,6 +241,7 @@ def create(file: str, rest: list[str]) -> int:
             f"sweep create needs the W&B server, but W&B is {mode} (WANDB_MODE or no "
             f"WANDB_API_KEY); run the sweep offline with: trainjob sweep run {file}"
         )
+    check_server(settings.wandb_init_timeout)
     import wandb
 
     project = config.get("project") or settings.resolved_project
@@ -212,15 +249,66 @@ def create(file: str, rest: list[str]) -> int:
     try:
         sweep_id = wandb.sweep(config, entity=entity, project=project)
     except wandb.errors.AuthenticationError:
-        raise ConfigError("WANDB_API_KEY was rejected by the W&B server") from None
+        raise ConfigError(f"the W&B server {base_url()} rejected WANDB_API_KEY") from None
     except wandb.errors.CommError as exc:
-        raise ConfigError(f"W&B refused the sweep: {' '.join(str(exc).split())}") from None
+        raise ConfigError(f"W&B refused the sweep: {redact(' '.join(str(exc).split()))}") from None
     sweep_path = "/".join(p for p in (entity, project, sweep_id) if p)
     print(f"sweep: {sweep_path}")
     print("start agents with (each runs trials until the sweep ends; add --sweep_count N):")
     for command in agent_commands(sweep_path):
         print(f"  {command}")
     return int(ExitCode.OK)
+
+
+# --- the server, before the agent or sweep create talk to it ----------------------------------
+
+
+def check_server(timeout: float) -> None:
+    """The agent and ``sweep create`` cannot fall back offline: find out first, within
+    ``timeout`` seconds, whether the server at WANDB_BASE_URL answers (else exit 8, one line)
+    and takes the key (else exit 2). A refused connection fails at once."""
+    import socket
+    import time
+    from urllib.parse import urlparse
+
+    url = base_url()
+    parsed = urlparse(url)
+    port = parsed.port or (443 if parsed.scheme == "https" else 80)
+    started = time.monotonic()
+    try:
+        socket.create_connection((parsed.hostname or "", port), timeout=timeout).close()
+    except OSError as exc:
+        why = exc.strerror or type(exc).__name__
+        if isinstance(exc, TimeoutError | socket.timeout):
+            why = f"no connection within {timeout:g}s"
+        raise WandbUnreachable(_unreachable(url, why)) from None
+    import wandb
+
+    left = max(1.0, timeout - (time.monotonic() - started))
+    try:
+        wandb.Api(timeout=left)  # type: ignore[arg-type]  # asks who the key belongs to
+    except wandb.errors.AuthenticationError as exc:
+        cause = exc.__cause__
+        status = getattr(getattr(cause, "response", None), "http_status", 0)
+        if cause is None:  # refused locally: a malformed key
+            raise ConfigError(redact(f"W&B credentials are invalid: {exc}")) from None
+        if status in (401, 403):
+            raise ConfigError(
+                f"the W&B server {url} rejected WANDB_API_KEY (HTTP {status}); set a valid key"
+            ) from None
+        raise WandbUnreachable(
+            _unreachable(url, f"HTTP {status}" if status else f"no answer within {timeout:g}s")
+        ) from None
+    except wandb.errors.UsageError as exc:
+        raise ConfigError(redact(f"W&B credentials: {exc}")) from None
+
+
+def _unreachable(url: str, why: str) -> str:
+    return (
+        f"no answer from the W&B server at WANDB_BASE_URL={url} ({why}); the agent and sweep "
+        "create need it: check the URL and the network, or run the sweep offline with: "
+        "trainjob sweep run sweep.yaml"
+    )
 
 
 # --- trainjob agent ---------------------------------------------------------------------------
@@ -304,21 +392,24 @@ class AgentTrial:
         argv = self.argv()
         print(f"trainjob agent: trial {os.environ.get('WANDB_RUN_ID')}: {' '.join(argv)}")
         try:
-            code = self.signals.run(self.runner, argv, self.env())
-        except Stopped:
+            code = self.signals.run(self.runner, argv, self.env(), stoppable=True)
+        except Interrupted:
             self.results.append(int(ExitCode.PREEMPTED))
             raise
         self.results.append(code)
         self.failures.record(code)
-        print(f"trainjob agent: trial {os.environ.get('WANDB_RUN_ID')} exited {code}")
+        what = " (stopped by the sweep)" if code == ExitCode.STOPPED else ""
+        print(f"trainjob agent: trial {os.environ.get('WANDB_RUN_ID')} exited {code}{what}")
         if self.failures.exhausted:
             raise TooManyFailures(self.failures.message())
 
 
 def agent(settings: Settings) -> int:
     """Run W&B's agent for TRAINJOB_SWEEP_ID until the sweep ends, ``sweep_count`` trials ran
-    (exit 0), ``max_consecutive_failures`` trials failed in a row (exit 1), or SIGTERM (143)."""
+    (exit 0), ``max_consecutive_failures`` trials failed in a row (exit 7), or SIGTERM (143).
+    No answer from the server: exit 8 before any trial."""
     sweep_id = check_agent(settings)
+    check_server(settings.wandb_init_timeout)
     import wandb
 
     runner = TrialRunner()
@@ -341,8 +432,7 @@ def agent(settings: Settings) -> int:
     if signals.signal is not None:
         return int(ExitCode.PREEMPTED)
     if failures.exhausted:
-        print(f"trainjob: error: {failures.message()}", file=sys.stderr)
-        return int(ExitCode.CRASHED)
+        raise SweepGaveUp(failures.message())
     print(f"trainjob agent: done after {len(trial.results)} trial(s)")
     return int(ExitCode.OK)
 

@@ -35,10 +35,11 @@ from pathlib import Path
 from typing import Any
 
 from .cli import load_settings
-from .errors import ConfigError, ExitCode, TrainjobError
+from .early_terminate import RULE_FILE, EarlyTermination, read_epoch_values
+from .errors import ConfigError, ExitCode, SweepGaveUp
 from .settings import ENV_PREFIX, Settings, env_name
 from .sweep import SUMMARY_METRICS, TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
-from .trials import FailureCounter, SignalForwarder, Stopped, TrialRunner, trial_env
+from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
 from .wandb_env import resolve_mode
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
@@ -194,7 +195,9 @@ def bayes_point(config: dict[str, Any], index: int, done: Sequence[Result]) -> d
             config={k: {"value": v} for k, v in r.point.params.items()},
             # The alias: under pydantic 2 sweeps 0.2.0 silently drops summary_metrics=...
             summaryMetrics={metric: r.metric} if r.metric is not None else {},
-            state="finished" if r.exit_code == 0 else "failed",
+            # A stopped trial is "killed", as on W&B's server: its config counts, with the
+            # worst metric imputed (the engine's default); a preempted one is still pending.
+            state=r.engine_state,
         )
         for r in done
     ]
@@ -215,6 +218,12 @@ def planned(cap: int | None, opts: Options) -> Iterator[int]:
 # --- results ----------------------------------------------------------------------------------
 
 
+STATES = {int(ExitCode.OK): "finished", int(ExitCode.STOPPED): "stopped"}
+STATES[int(ExitCode.PREEMPTED)] = "preempted"
+ENGINE_STATES = {"finished": "finished", "stopped": "killed", "preempted": "preempted"}
+DONE_CODES = (int(ExitCode.OK), int(ExitCode.STOPPED))  # a rerun keeps these trials
+
+
 @dataclass
 class Result:
     point: Point
@@ -224,6 +233,15 @@ class Result:
     mode: str | None = None
     seconds: float = 0.0
     reused: bool = False
+    epochs: list[float] = field(default_factory=list)  # the per-epoch metric values
+
+    @property
+    def state(self) -> str:
+        return STATES.get(self.exit_code, "failed")
+
+    @property
+    def engine_state(self) -> str:
+        return ENGINE_STATES.get(self.state, "failed")
 
 
 def read_result(folder: Path) -> dict[str, Any] | None:
@@ -294,16 +312,19 @@ class LocalSweep:
                     break
                 continue
             record = read_result(folder)
-            if record and record.get("exit_code") == 0:
-                result = Result(point, 0, _metric_of(record, self.metric), reused=True)
+            if record and record.get("exit_code") in DONE_CODES:
+                code = int(record["exit_code"])
+                result = Result(point, code, _metric_of(record, self.metric), reused=True)
                 result.run_dir, result.mode = record.get("run_dir"), record.get("mode")
-                print(f"trainjob sweep: trial {point.key} already done in {folder}; kept")
+                result.epochs = read_epoch_values(folder)
+                print(f"trainjob sweep: trial {point.key} already {result.state} in {folder}; kept")
             else:
                 (folder / RESULT_FILE).unlink(missing_ok=True)
+                self.leave_rule(folder)
                 started = time.perf_counter()
                 try:
                     code = signals.run(runner, argv, self.env(point))
-                except Stopped:
+                except Interrupted:
                     self.report()
                     raise
                 record = read_result(folder)
@@ -311,18 +332,29 @@ class LocalSweep:
                 result.run_dir = (record or {}).get("run_dir")
                 result.mode = (record or {}).get("mode")
                 result.seconds = time.perf_counter() - started
+                result.epochs = read_epoch_values(folder)
                 value = "-" if result.metric is None else f"{result.metric:.4f}"
+                what = " (stopped early)" if code == ExitCode.STOPPED else ""
                 print(
-                    f"trainjob sweep: trial {point.key} exited {code}; {self.metric}={value} "
-                    f"({result.seconds:.1f} s)"
+                    f"trainjob sweep: trial {point.key} exited {code}{what}; {self.metric}={value} "
+                    f"after {len(result.epochs)} epoch(s) ({result.seconds:.1f} s)"
                 )
             self.results.append(result)
             failures.record(result.exit_code)
             if failures.exhausted:
                 self.report()
-                raise TooManyFailedTrials(failures.message())
+                raise SweepGaveUp(failures.message())
         self.report()
         return int(ExitCode.OK)
+
+    def leave_rule(self, folder: Path) -> None:
+        """With ``early_terminate``: the rule and every earlier trial's per-epoch values, for
+        the trial to check at each epoch end (early_terminate.py); without: no file."""
+        (folder / RULE_FILE).unlink(missing_ok=True)
+        if "early_terminate" not in self.config:
+            return
+        runs = [{"name": r.point.key, "history": r.epochs} for r in self.results if r.epochs]
+        EarlyTermination.write(folder, self.config, runs)
 
     def ranked(self) -> list[Result]:
         def key(r: Result) -> tuple[int, float]:
@@ -339,28 +371,30 @@ class LocalSweep:
             print(f"trainjob sweep: {self.name}: no trial for this worker")
             return
         names = list(self.config["parameters"])
-        header = ["trial", "exit", self.metric, *names]
+        header = ["trial", "exit", self.metric, "state", "epochs", *names]
         rows = [
             [
                 r.point.key,
                 str(r.exit_code),
                 "-" if r.metric is None else f"{r.metric:.4f}",
+                r.state,
+                str(len(r.epochs)),
                 *(json.dumps(r.point.params.get(n)) for n in names),
             ]
             for r in self.ranked()
         ]
         widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
         goal = "max" if self.maximize else "min"
-        print(f"\ntrainjob sweep: {self.name}: {len(rows)} trial(s), best {goal} {self.metric}")
+        stopped = sum(r.state == "stopped" for r in self.results)
+        early = f", {stopped} stopped early" if stopped else ""
+        print(
+            f"\ntrainjob sweep: {self.name}: {len(rows)} trial(s){early}, best {goal} {self.metric}"
+        )
         for row in [header, *rows]:
             print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
         offline = [r.run_dir for r in self.ranked() if r.run_dir and r.mode == "offline"]
         if offline:
             print(f"\nupload the offline runs with:\n  wandb sync {' '.join(offline)}")
-
-
-class TooManyFailedTrials(TrainjobError):
-    exit_code = ExitCode.CRASHED
 
 
 def check_local(config: dict[str, Any], opts: Options) -> None:

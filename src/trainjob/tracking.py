@@ -19,7 +19,7 @@ import os
 import shutil
 import sys
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -193,12 +193,16 @@ def start(
     extra_config: Mapping[str, Any],
     run_id: str | None = None,
     mode: str | None = None,
+    on_stop: Callable[[], None] | None = None,
 ) -> Tracker:
     """Create the job's one W&B run in ``mode`` (default: ``choose_mode``). ``run_id`` (from a
     checkpoint or TRAINJOB_RUN_ID) resumes into that run instead of starting a duplicate.
 
     If the server stops answering between the check and ``wandb.init`` (``CommError`` after
     ``wandb_init_timeout`` s), the run is created offline instead, in this process.
+
+    ``on_stop``: called when W&B says the run should stop (a user's stop, a sweep's early
+    termination); W&B's default sends SIGINT, which the job would take for a preemption.
     """
     mode = mode or choose_mode(settings)
     config = {**settings.run_config(), **extra_config}
@@ -208,7 +212,7 @@ def start(
         "name": settings.run_name,
         "group": settings.group,
         "job_type": "train",
-        "settings": _wandb_settings(settings),
+        "settings": _wandb_settings(settings, on_stop),
     }
     # Inside a W&B sweep the agent owns the run id: never set one there (W&B's own rule).
     if run_id and not os.environ.get("WANDB_SWEEP_ID"):
@@ -253,8 +257,11 @@ REJECTED = (
 )
 
 
-def _wandb_settings(settings: Settings) -> wandb.Settings:
+def _wandb_settings(
+    settings: Settings, on_stop: Callable[[], None] | None = None
+) -> wandb.Settings:
     return wandb.Settings(
+        stop_fn=on_stop,
         init_timeout=settings.wandb_init_timeout,
         # wandb.init would otherwise spend up to 2 x 5 s asking the server who the key belongs
         # to (wandb/sdk/lib/identity.py) *before* init_timeout starts; check_server() has

@@ -55,9 +55,17 @@ PRELOAD = (
     "trainjob.train",
     "trainjob.model",
     "trainjob.runtime",
+    "trainjob.stopping",
+    "trainjob.sweep_engine",  # offline early termination asks it at every epoch end
 )
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+# What a trial gets when its sweep stops it (early termination, a user's stop): end between
+# two steps, close the run, keep no checkpoint, exit 6. SIGTERM stays "preempted: checkpoint".
+STOP_SIGNAL = signal.SIGUSR2
 POLL_S = 0.5
+# Exit codes that are not a failure of the trial: done, stopped by the sweep, preempted
+# (W&B's own counter treats a preempted run as failed: wandb/wandb#12821).
+NOT_FAILED = (int(ExitCode.OK), int(ExitCode.STOPPED), int(ExitCode.PREEMPTED))
 
 
 def exit_status(code: int | None) -> int:
@@ -162,7 +170,7 @@ class TrialRunner:
         return Trial(proc)
 
 
-class Stopped(TrainjobError):
+class Interrupted(TrainjobError):
     """The sweep process got SIGTERM/SIGINT/SIGUSR1: the running trial was told to checkpoint
     and stop, and no further trial starts."""
 
@@ -202,26 +210,48 @@ class SignalForwarder:
                 signal.signal(sig, handler)
             self._previous.clear()
 
-    def run(self, runner: TrialRunner, argv: Sequence[str], env: Mapping[str, str]) -> int:
-        """Run one trial to its end; raise ``Stopped`` when a signal came before or during it."""
+    def run(
+        self,
+        runner: TrialRunner,
+        argv: Sequence[str],
+        env: Mapping[str, str],
+        stoppable: bool = False,
+    ) -> int:
+        """Run one trial to its end; raise ``Interrupted`` when a signal came before or during
+        it. ``stoppable``: this thread is W&B's agent's, whose ``stop`` command raises a bare
+        ``Exception`` in it (wandb/agents/pyagent.py, ``_terminate_thread``): the trial is then
+        stopped (exit 6) and its exit status returned."""
         if self.signal is not None:
-            raise Stopped(self._message())
+            raise Interrupted(self._message())
         trial = self.trial = runner.start(argv, env)
         try:
             if self.signal is not None:  # it came while the trial was being started
                 trial.send(self.signal)
-            code = trial.wait()
+            try:
+                code = trial.wait()
+            except Exception as exc:
+                if not (stoppable and type(exc) is Exception):
+                    raise
+                trial.send(STOP_SIGNAL)
+                code = trial.wait()
         except BaseException:
-            # Stopped from outside (W&B's "stop" raises in this thread): the trial checkpoints
-            # and ends too, instead of training on as an orphan.
+            # Anything else that ends the wait (a bug, Ctrl-C while not forwarding) must not
+            # leave the trial training on as an orphan: it checkpoints and ends.
             trial.send(signal.SIGTERM)
             trial.wait()
             raise
         finally:
             self.trial = None
         if self.signal is not None:
-            raise Stopped(self._message())
+            raise Interrupted(self._message())
         return code
+
+    def stop_trial(self) -> None:
+        """The sweep stops the running trial (early termination, a user's stop): it ends
+        between two steps with exit 6 and keeps no checkpoint. Safe to call twice, or when the
+        trial has already ended."""
+        if self.trial is not None:
+            self.trial.send(STOP_SIGNAL)
 
     def _message(self) -> str:
         name = signal.Signals(self.signal).name if self.signal else "signal"
@@ -229,14 +259,19 @@ class SignalForwarder:
 
 
 class FailureCounter:
-    """Consecutive failed trials; a success resets it (W&B's ``max_consecutive_failed_runs``)."""
+    """Consecutive failed trials (W&B's ``max_consecutive_failed_runs``): a trial that finished
+    resets it; one stopped by the sweep (6) or preempted (143) neither counts nor resets it, as
+    neither says anything about whether the trials work."""
 
     def __init__(self, limit: int) -> None:
         self.limit = limit
         self.consecutive = 0
 
     def record(self, exit_code: int) -> None:
-        self.consecutive = 0 if exit_code == 0 else self.consecutive + 1
+        if exit_code == ExitCode.OK:
+            self.consecutive = 0
+        elif exit_code not in NOT_FAILED:
+            self.consecutive += 1
 
     @property
     def exhausted(self) -> bool:

@@ -1,0 +1,71 @@
+"""Offline early termination, in files the sweep driver and its trials share (no torch here).
+
+``RULE_FILE`` (written by ``trainjob sweep run`` into a trial's output folder before it starts):
+the sweep's ``method``, ``metric`` and ``early_terminate`` and each earlier trial's per-epoch
+values. ``EPOCHS_FILE`` (written by the trial at each epoch end): its own values. At each epoch
+end the trial asks W&B's engine (``sweeps.stop_runs``, what W&B's server runs for a sweep)
+whether it trails the earlier trials, as the server would with their histories.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+# Logged once per epoch (stopping.py): the only metrics early termination can compare, as
+# hyperband counts a run's logged values as its iterations.
+PER_EPOCH_METRICS = ("test_accuracy",)
+RULE_FILE = "early_terminate.json"
+EPOCHS_FILE = "epochs.json"
+THIS_RUN = "this-trial"
+
+
+class EarlyTermination:
+    """The sweep's early-termination rule against the earlier trials' per-epoch values."""
+
+    def __init__(self, config: Mapping[str, Any], runs: list[Mapping[str, Any]]) -> None:
+        self.config = dict(config)
+        self.metric = str(self.config["metric"]["name"])
+        self.runs = runs
+
+    @classmethod
+    def load(cls, folder: Path) -> EarlyTermination | None:
+        try:
+            blob = json.loads((folder / RULE_FILE).read_text())
+        except FileNotFoundError:
+            return None
+        return cls(blob["config"], blob["runs"])
+
+    @staticmethod
+    def write(folder: Path, config: Mapping[str, Any], runs: list[Mapping[str, Any]]) -> None:
+        folder.mkdir(parents=True, exist_ok=True)
+        keys = ("method", "metric", "early_terminate")
+        blob = {"config": {k: config[k] for k in keys if k in config}, "runs": runs}
+        (folder / RULE_FILE).write_text(json.dumps(blob, indent=1) + "\n")
+
+    def trails(self, values: list[float]) -> str | None:
+        """Why this trial should stop now (W&B's hyperband line), or None to go on."""
+        from .sweep_engine import engine
+
+        def run(name: str, state: str, history: list[float]) -> Any:
+            rows = [{self.metric: v} for v in history]
+            # The alias: under pydantic 2, sweeps 0.2.0 silently drops history=...
+            return engine.SweepRun(name=name, state=state, sampledHistory=rows)
+
+        earlier = [run(str(r["name"]), "finished", list(r["history"])) for r in self.runs]
+        this = run(THIS_RUN, "running", values)
+        stop = engine.stop_runs(self.config, [*earlier, this])
+        if not any(r.name == THIS_RUN for r in stop):
+            return None
+        lines = (this.early_terminate_info or {}).get("lines") or ["hyperband"]
+        return f"early termination ({lines[-1].removeprefix(f'Run: {THIS_RUN} ')})"
+
+
+def read_epoch_values(folder: Path, metric: str = PER_EPOCH_METRICS[0]) -> list[float]:
+    try:
+        values = json.loads((folder / EPOCHS_FILE).read_text()).get(metric, [])
+    except (OSError, ValueError, AttributeError):
+        return []
+    return [float(v) for v in values if isinstance(v, int | float)]
