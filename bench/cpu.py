@@ -40,6 +40,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -248,31 +249,58 @@ def hardware() -> str:
     )
 
 
-def compare(root: Path, epochs: int, repeats: int, tmp: Path) -> float:
-    runs = {
-        "baseline": lambda i: run_baseline(root, epochs, tmp / f"b{i}"),
-        "trainjob": lambda i: run_trainjob(root, epochs, tmp / f"t{i}", "offline")[0],
-        "disabled": lambda i: run_trainjob(root, epochs, tmp / f"d{i}", "disabled")[0],
-    }
+def compare(root: Path, epochs: int, repeats: int, tmp: Path, amps: list[str]) -> float:
+    """The baseline and, per precision, trainjob with W&B disabled, with W&B's own
+    ``run.watch`` and with trainjob's watcher (offline), interleaved, rotating who goes first."""
+    runs: dict[str, Callable[[Path], float]] = {"baseline": lambda d: run_baseline(root, epochs, d)}
+    for amp in amps:
+        for who, mode in (
+            ("disabled", "disabled"),
+            ("run.watch", "offline"),
+            ("watcher", "offline"),
+        ):
+            extra = ["--amp", amp, "--watcher", "wandb" if who == "run.watch" else "trainjob"]
+            runs[f"{who} {amp}"] = lambda d, m=mode, e=tuple(extra): run_trainjob(
+                root, epochs, d, m, *e
+            )[0]
     names = list(runs)
     results: dict[str, list[float]] = {name: [] for name in names}
     for i in range(repeats):
-        order = names[i % 3 :] + names[: i % 3]  # rotate who goes first
+        shift = i % len(names)
+        order = names[shift:] + names[:shift]
         for name in order:
-            (tmp / f"{name[0]}{i}").mkdir()
-            results[name].append(runs[name](i))
+            work = tmp / f"r{i}-{names.index(name)}"
+            work.mkdir()
+            results[name].append(runs[name](work))
         row = "  ".join(f"{n} {results[n][-1]:,.0f}" for n in names)
-        print(f"  repetition {i + 1}/{repeats} ({' -> '.join(order)}): {row} samples/s", flush=True)
-    ratios = [t / b for t, b in zip(results["trainjob"], results["baseline"], strict=True)]
-    overheads = [
-        100 * (1 - t / d) for t, d in zip(results["trainjob"], results["disabled"], strict=True)
-    ]
+        print(f"  repetition {i + 1}/{repeats}: {row} samples/s", flush=True)
+
+    def per_rep(a: str, b: str, f: Callable[[float, float], float]) -> list[float]:
+        return [f(x, y) for x, y in zip(results[a], results[b], strict=True)]
+
     print(f"\nsteady-state samples/s, median [min..max] over {repeats} repetitions:")
-    print(f"  tutorial-style baseline (W&B offline): {spread(results['baseline'])}")
-    print(f"  trainjob                (W&B offline): {spread(results['trainjob'])}")
-    print(f"  trainjob           (WANDB_MODE=disabled): {spread(results['disabled'])}")
-    print(f"ratio trainjob / baseline: {spread(ratios, '{:.2f}')}x  (goal >= 3x)")
-    print(f"tracking overhead (offline vs disabled): {spread(overheads, '{:+.1f}')}%  (goal <= 3%)")
+    print(
+        f"  {'tutorial-style baseline (W&B offline, run.watch)':52s} {spread(results['baseline'])}"
+    )
+    for amp in amps:
+        for who in ("disabled", "run.watch", "watcher"):
+            label = f"trainjob {amp:4s} {who:9s} " + (
+                "(WANDB_MODE=disabled)" if who == "disabled" else "(W&B offline)"
+            )
+            print(f"  {label:52s} {spread(results[f'{who} {amp}'])}")
+    print("ratios and overheads (median [min..max] of per-repetition values):")
+    for amp in amps:
+        ratio = per_rep(f"watcher {amp}", "baseline", lambda x, y: x / y)
+        print(f"  trainjob {amp} watcher / baseline: {spread(ratio, '{:.2f}')}x")
+        for who in ("run.watch", "watcher"):
+            cost = per_rep(f"{who} {amp}", f"disabled {amp}", lambda x, y: 100 * (1 - x / y))
+            print(
+                f"  tracking overhead {amp} {who:9s} (offline vs disabled): "
+                f"{spread(cost, '{:+.1f}')}%  (goal <= 3%)"
+            )
+    if "none" in amps and "bf16" in amps:
+        speedup = per_rep("watcher bf16", "watcher none", lambda x, y: x / y)
+        print(f"  bf16 / float32 (watcher): {spread(speedup, '{:.2f}')}x")
     return statistics.median(results["baseline"])
 
 
@@ -495,6 +523,11 @@ def main() -> None:
     parser.add_argument("--data", help="folder with the four MNIST *-ubyte.gz files")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per run (first = warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument(
+        "--amp",
+        default="none,bf16",
+        help="precisions to compare, comma-separated (none = float32, bf16 = CPU autocast)",
+    )
     parser.add_argument("--breakdown", action="store_true", help="also break down a 1-epoch job")
     parser.add_argument("--breakdown-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ceiling", action="store_true", help="also: the machine's FLOP bound")
@@ -524,7 +557,8 @@ def main() -> None:
         root = stage(source, tmp / "data")
         baseline = None
         if not args.breakdown_only and not args.ceiling_only:
-            baseline = compare(root, args.epochs, args.repeats, tmp)
+            amps = [a.strip() for a in args.amp.split(",") if a.strip()]
+            baseline = compare(root, args.epochs, args.repeats, tmp, amps)
         if args.ceiling or args.ceiling_only:
             ceiling(root, baseline)
         if args.breakdown or args.breakdown_only:
