@@ -403,6 +403,66 @@ def ceiling(root: Path, baseline: float | None) -> None:
         print(f"    {label:48s} {ms:6.2f} ms {ms / total:4.0%}{rate}")
 
 
+def watch_cost(repeats: int = 30) -> None:
+    """The Python/CPU cost of one watch firing (all 12 tensors of the tutorial's ConvNet) with
+    W&B's ``log_tensor_stats`` and with trainjob's watcher, and of turning one row's histograms
+    into ``wandb.Histogram`` s: what decides whether packaging belongs off the training thread."""
+    import torch
+    import wandb
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from trainjob import tracking, watch
+    from trainjob.model import ConvNet
+
+    torch.manual_seed(0)
+    model = ConvNet(TUTORIAL["kernels"], TUTORIAL["classes"])
+    tensors = [p.detach() for p in model.parameters()] * 2  # weights and same-shaped "grads"
+    with tempfile.TemporaryDirectory() as name:
+        run = wandb.init(mode="offline", dir=name, settings=wandb.Settings(x_disable_viewer=True))
+        history = run._torch
+
+        def theirs() -> None:
+            for i, t in enumerate(tensors):
+                history.log_tensor_stats(t, f"k{i}")
+
+        watcher = watch.Watcher(model, "all", 1)
+
+        def ours() -> None:
+            for i, t in enumerate(tensors):
+                watcher._record(i, t)
+
+        ours()
+        filled = watcher.buffer.clone()
+        found = watcher.collect()
+
+        def row() -> None:
+            watcher.buffer.copy_(filled)
+            watcher.pending = True
+            assert len(tracking.package(watcher.collect())) == len(tensors)
+
+        def package() -> None:
+            tracking.package(found)
+
+        timings = {}
+        for label, fn in (
+            ("W&B log_tensor_stats, one firing (12 tensors)", theirs),
+            ("trainjob watcher, one firing: device statistics", ours),
+            ("trainjob watcher, one row: host copy + wandb.Histogram x12", row),
+            ("  of which wandb.Histogram x12 from lists", package),
+        ):
+            fn()
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - start) * 1e3)
+            timings[label] = samples
+        run.finish()
+    print("\nwatch cost on the CPU, ms, median [min..max]:")
+    for label, samples in timings.items():
+        print(f"  {label:60s} {spread(samples, '{:.2f}')}")
+
+
 # --- where the wall time of one short job goes --------------------------------------------------
 
 PHASES = [  # (module file, function) in trainjob, timed with cProfile's cumulative time
@@ -528,6 +588,7 @@ def main() -> None:
         default="none,bf16",
         help="precisions to compare, comma-separated (none = float32, bf16 = CPU autocast)",
     )
+    parser.add_argument("--watch-cost", action="store_true", help="only: cost of a watch firing")
     parser.add_argument("--breakdown", action="store_true", help="also break down a 1-epoch job")
     parser.add_argument("--breakdown-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ceiling", action="store_true", help="also: the machine's FLOP bound")
@@ -540,6 +601,10 @@ def main() -> None:
         return
     if args.profile:
         profile_worker([a for a in rest if a != "--"], args.profile)
+        return
+    if args.watch_cost:
+        print(f"hardware: {hardware()}")
+        watch_cost()
         return
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is warm-up)")
