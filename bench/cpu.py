@@ -3,6 +3,7 @@ trainjob's own tracking overhead, all measured in one invocation; optionally whe
 time of a `trainjob --epochs 1` goes.
 
     python bench/cpu.py                      # the tutorial's 5 epochs, 3 interleaved repetitions
+    python bench/cpu.py --amp none           # float32 only (bf16 is slow where it is emulated)
     python bench/cpu.py --epochs 3 --repeats 5 --data ../shared/data/mnist
     python bench/cpu.py --breakdown          # also: wall-time breakdown of one short job
     python bench/cpu.py --ceiling            # also: the FLOP bound and where a step's time goes
@@ -18,7 +19,11 @@ offline W&B run with watch(log="all", log_freq=10) and a log every 25 batches:
   class, ``loss`` logged at step = examples seen. Minus the tutorial's ``wandb.init`` inside
   ``train_log``, which finishes the run and crashes the watch hooks (see shared FACTS.md).
 - trainjob: ``python -m trainjob`` itself, as a user runs it (its last line reports the
-  steady-state samples/s); then again with ``WANDB_MODE=disabled`` for the tracking overhead.
+  steady-state samples/s), per precision (``--amp none,bf16``): with ``WANDB_MODE=disabled``,
+  with W&B's own ``run.watch`` (``--watcher wandb``) and with trainjob's watcher (the default),
+  the last two offline: the tracking overhead of each against disabled, same precision.
+- ``--watch-cost``: only the CPU cost of one watch firing, W&B's vs the watcher's, and of
+  building one row's ``wandb.Histogram`` s.
 
 Each measurement is a fresh process. Repetitions interleave the three runs (rotating which goes
 first) so that load from other processes on the machine hits all of them alike. The first
