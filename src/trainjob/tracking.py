@@ -153,8 +153,13 @@ class Tracker:
 
         Online, this waits at most ``wandb_finish_timeout`` s for the server: a server that died
         mid-run does not hang the job; everything is in the run folder for ``wandb sync``."""
-        # W&B writes the open row at finish, with the histograms logged into it since.
-        self._flush_histograms()
+        # W&B writes the open row at finish, with the histograms logged into it since. Never
+        # in the way of finishing: a failing device (the reason this job ends?) must not keep
+        # the run from being marked finished with its exit code.
+        try:
+            self._flush_histograms()
+        except Exception as exc:
+            print(f"trainjob: warning: last watch histograms not logged: {exc}", file=sys.stderr)
         try:
             self.run.finish(exit_code=exit_code)
         except TimeoutError:

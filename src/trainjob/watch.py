@@ -80,6 +80,7 @@ class Watcher:
         self.computed = 0  # firings whose statistics were computed (for tests and benchmarks)
         self.skipped = 0  # firings skipped because a later one overwrites them before the row
         self._paused = False
+        self._deferred = False  # a parameter firing inside an export trace, computed at collect
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
 
     # --- installing ---------------------------------------------------------------------------
@@ -87,8 +88,17 @@ class Watcher:
         """Install the hooks; counting starts here, as it does at ``run.watch``."""
         if self._handles:
             return
+        watcher = self
+
+        # Plain functions, not bound methods: copy.deepcopy(model) (the ONNX export copies the
+        # model) keeps the same function, so a copy's forward calls count here, as W&B's
+        # closures count them; a bound method would deep-copy the watcher with its own counts.
+        def on_forward(module: nn.Module, inputs: object, output: object) -> None:
+            if not watcher._paused:
+                watcher.forward_event(deferred=_tracing())
+
         if self.params:
-            self._handles.append(self.model.register_forward_hook(self._on_forward))
+            self._handles.append(self.model.register_forward_hook(on_forward))
         for i, p in enumerate(self.grad_params):
             self._handles.append(p.register_hook(self._grad_hook(i)))
 
@@ -117,10 +127,6 @@ class Watcher:
         self.steps_to_row = steps_to_row
 
     # --- the events -------------------------------------------------------------------------
-    def _on_forward(self, module: nn.Module, inputs: object, output: object) -> None:
-        if not self._paused:
-            self.forward_event()
-
     def _grad_hook(self, i: int):
         def hook(grad: torch.Tensor) -> None:
             if not self._paused:
@@ -128,8 +134,11 @@ class Watcher:
 
         return hook
 
-    def forward_event(self) -> None:
-        """One forward call of the model: W&B's parameter hook."""
+    def forward_event(self, deferred: bool = False) -> None:
+        """One forward call of the model: W&B's parameter hook. ``deferred``: inside an export
+        trace (ONNX export of a copy of the model, after training), where tensor operations
+        would be recorded into the exported graph; the weights are read at ``collect`` instead,
+        unchanged by then."""
         if not self.params:
             return
         self.forward_count += 1
@@ -139,6 +148,10 @@ class Watcher:
         if self._overwritten():
             self.skipped += 1
             return
+        if deferred:
+            self._deferred = self.pending = True
+            return
+        self._deferred = False
         for i, p in enumerate(self.params):
             self._record(i, p)
 
@@ -178,12 +191,21 @@ class Watcher:
         """The pending histograms, in one device-to-host copy (a sync on a GPU); clears them."""
         if not self.pending:
             return []
+        if self._deferred:
+            self._deferred = False
+            for i, p in enumerate(self.params):
+                self._record(i, p)
         self.pending = False
         # SYNC POINT: once per history row with histograms. A copy on the CPU too: the buffer
         # is cleared right after.
         host = self.buffer.to("cpu", copy=True)
         self.buffer[:, 2].zero_()
         return histograms(self.keys, host)
+
+
+def _tracing() -> bool:
+    """Inside torch.jit.trace or a torch.compile / torch.export trace."""
+    return bool(torch.jit.is_tracing() or torch.compiler.is_compiling())
 
 
 def tensor_stats(tensor: torch.Tensor) -> torch.Tensor:
