@@ -3,6 +3,7 @@ trainjob's own tracking overhead, all measured in one invocation; optionally whe
 time of a `trainjob --epochs 1` goes.
 
     python bench/cpu.py                      # the tutorial's 5 epochs, 3 interleaved repetitions
+    python bench/cpu.py --amp none           # float32 only (bf16 is slow where it is emulated)
     python bench/cpu.py --epochs 3 --repeats 5 --data DIR  # a folder of the four MNIST .gz files
     python bench/cpu.py --breakdown          # also: wall-time breakdown of one short job
     python bench/cpu.py --ceiling            # also: the FLOP bound and where a step's time goes
@@ -19,7 +20,11 @@ offline W&B run with watch(log="all", log_freq=10) and a log every 25 batches:
   ``train_log``, which finishes the run and crashes the watch hooks (one active run per process:
   https://docs.wandb.ai/models/runs/multiple-runs-per-process).
 - trainjob: ``python -m trainjob`` itself, as a user runs it (its last line reports the
-  steady-state samples/s); then again with ``WANDB_MODE=disabled`` for the tracking overhead.
+  steady-state samples/s), per precision (``--amp none,bf16``): with ``WANDB_MODE=disabled``,
+  with W&B's own ``run.watch`` (``--watcher wandb``) and with trainjob's watcher (the default),
+  the last two offline: the tracking overhead of each against disabled, same precision.
+- ``--watch-cost``: only the CPU cost of one watch firing, W&B's vs the watcher's, and of
+  building one row's ``wandb.Histogram`` s.
 
 Each measurement is a fresh process. Repetitions interleave the three runs (rotating which goes
 first) so that load from other processes on the machine hits all of them alike. The first
@@ -41,6 +46,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 
@@ -249,31 +255,58 @@ def hardware() -> str:
     )
 
 
-def compare(root: Path, epochs: int, repeats: int, tmp: Path) -> float:
-    runs = {
-        "baseline": lambda i: run_baseline(root, epochs, tmp / f"b{i}"),
-        "trainjob": lambda i: run_trainjob(root, epochs, tmp / f"t{i}", "offline")[0],
-        "disabled": lambda i: run_trainjob(root, epochs, tmp / f"d{i}", "disabled")[0],
-    }
+def compare(root: Path, epochs: int, repeats: int, tmp: Path, amps: list[str]) -> float:
+    """The baseline and, per precision, trainjob with W&B disabled, with W&B's own
+    ``run.watch`` and with trainjob's watcher (offline), interleaved, rotating who goes first."""
+    runs: dict[str, Callable[[Path], float]] = {"baseline": lambda d: run_baseline(root, epochs, d)}
+    for amp in amps:
+        for who, mode in (
+            ("disabled", "disabled"),
+            ("run.watch", "offline"),
+            ("watcher", "offline"),
+        ):
+            extra = ["--amp", amp, "--watcher", "wandb" if who == "run.watch" else "trainjob"]
+            runs[f"{who} {amp}"] = lambda d, m=mode, e=tuple(extra): run_trainjob(
+                root, epochs, d, m, *e
+            )[0]
     names = list(runs)
     results: dict[str, list[float]] = {name: [] for name in names}
     for i in range(repeats):
-        order = names[i % 3 :] + names[: i % 3]  # rotate who goes first
+        shift = i % len(names)
+        order = names[shift:] + names[:shift]
         for name in order:
-            (tmp / f"{name[0]}{i}").mkdir()
-            results[name].append(runs[name](i))
+            work = tmp / f"r{i}-{names.index(name)}"
+            work.mkdir()
+            results[name].append(runs[name](work))
         row = "  ".join(f"{n} {results[n][-1]:,.0f}" for n in names)
-        print(f"  repetition {i + 1}/{repeats} ({' -> '.join(order)}): {row} samples/s", flush=True)
-    ratios = [t / b for t, b in zip(results["trainjob"], results["baseline"], strict=True)]
-    overheads = [
-        100 * (1 - t / d) for t, d in zip(results["trainjob"], results["disabled"], strict=True)
-    ]
+        print(f"  repetition {i + 1}/{repeats}: {row} samples/s", flush=True)
+
+    def per_rep(a: str, b: str, f: Callable[[float, float], float]) -> list[float]:
+        return [f(x, y) for x, y in zip(results[a], results[b], strict=True)]
+
     print(f"\nsteady-state samples/s, median [min..max] over {repeats} repetitions:")
-    print(f"  tutorial-style baseline (W&B offline): {spread(results['baseline'])}")
-    print(f"  trainjob                (W&B offline): {spread(results['trainjob'])}")
-    print(f"  trainjob           (WANDB_MODE=disabled): {spread(results['disabled'])}")
-    print(f"ratio trainjob / baseline: {spread(ratios, '{:.2f}')}x  (goal >= 3x)")
-    print(f"tracking overhead (offline vs disabled): {spread(overheads, '{:+.1f}')}%  (goal <= 3%)")
+    print(
+        f"  {'tutorial-style baseline (W&B offline, run.watch)':52s} {spread(results['baseline'])}"
+    )
+    for amp in amps:
+        for who in ("disabled", "run.watch", "watcher"):
+            label = f"trainjob {amp:4s} {who:9s} " + (
+                "(WANDB_MODE=disabled)" if who == "disabled" else "(W&B offline)"
+            )
+            print(f"  {label:52s} {spread(results[f'{who} {amp}'])}")
+    print("ratios and overheads (median [min..max] of per-repetition values):")
+    for amp in amps:
+        ratio = per_rep(f"watcher {amp}", "baseline", lambda x, y: x / y)
+        print(f"  trainjob {amp} watcher / baseline: {spread(ratio, '{:.2f}')}x")
+        for who in ("run.watch", "watcher"):
+            cost = per_rep(f"{who} {amp}", f"disabled {amp}", lambda x, y: 100 * (1 - x / y))
+            print(
+                f"  tracking overhead {amp} {who:9s} (offline vs disabled): "
+                f"{spread(cost, '{:+.1f}')}%  (goal <= 3%)"
+            )
+    if "none" in amps and "bf16" in amps:
+        speedup = per_rep("watcher bf16", "watcher none", lambda x, y: x / y)
+        print(f"  bf16 / float32 (watcher): {spread(speedup, '{:.2f}')}x")
     return statistics.median(results["baseline"])
 
 
@@ -374,6 +407,66 @@ def ceiling(root: Path, baseline: float | None) -> None:
             gflops = work[label] / (ms / 1e3) / 1e9
             rate = f"  {gflops:5.0f} GFLOP/s = {gflops / gemm:4.0%} of the ceiling"
         print(f"    {label:48s} {ms:6.2f} ms {ms / total:4.0%}{rate}")
+
+
+def watch_cost(repeats: int = 30) -> None:
+    """The Python/CPU cost of one watch firing (all 12 tensors of the tutorial's ConvNet) with
+    W&B's ``log_tensor_stats`` and with trainjob's watcher, and of turning one row's histograms
+    into ``wandb.Histogram`` s: what decides whether packaging belongs off the training thread."""
+    import torch
+    import wandb
+
+    sys.path.insert(0, str(ROOT / "src"))
+    from trainjob import tracking, watch
+    from trainjob.model import ConvNet
+
+    torch.manual_seed(0)
+    model = ConvNet(TUTORIAL["kernels"], TUTORIAL["classes"])
+    tensors = [p.detach() for p in model.parameters()] * 2  # weights and same-shaped "grads"
+    with tempfile.TemporaryDirectory() as name:
+        run = wandb.init(mode="offline", dir=name, settings=wandb.Settings(x_disable_viewer=True))
+        history = run._torch
+
+        def theirs() -> None:
+            for i, t in enumerate(tensors):
+                history.log_tensor_stats(t, f"k{i}")
+
+        watcher = watch.Watcher(model, "all", 1)
+
+        def ours() -> None:
+            for i, t in enumerate(tensors):
+                watcher._record(i, t)
+
+        ours()
+        filled = watcher.buffer.clone()
+        found = watcher.collect()
+
+        def row() -> None:
+            watcher.buffer.copy_(filled)
+            watcher.pending = True
+            assert len(tracking.package(watcher.collect())) == len(tensors)
+
+        def package() -> None:
+            tracking.package(found)
+
+        timings = {}
+        for label, fn in (
+            ("W&B log_tensor_stats, one firing (12 tensors)", theirs),
+            ("trainjob watcher, one firing: device statistics", ours),
+            ("trainjob watcher, one row: host copy + wandb.Histogram x12", row),
+            ("  of which wandb.Histogram x12 from lists", package),
+        ):
+            fn()
+            samples = []
+            for _ in range(repeats):
+                start = time.perf_counter()
+                fn()
+                samples.append((time.perf_counter() - start) * 1e3)
+            timings[label] = samples
+        run.finish()
+    print("\nwatch cost on the CPU, ms, median [min..max]:")
+    for label, samples in timings.items():
+        print(f"  {label:60s} {spread(samples, '{:.2f}')}")
 
 
 # --- where the wall time of one short job goes --------------------------------------------------
@@ -496,6 +589,12 @@ def main() -> None:
     parser.add_argument("--data", help="folder with the four MNIST *-ubyte.gz files")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per run (first = warm-up)")
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repetitions")
+    parser.add_argument(
+        "--amp",
+        default="none,bf16",
+        help="precisions to compare, comma-separated (none = float32, bf16 = CPU autocast)",
+    )
+    parser.add_argument("--watch-cost", action="store_true", help="only: cost of a watch firing")
     parser.add_argument("--breakdown", action="store_true", help="also break down a 1-epoch job")
     parser.add_argument("--breakdown-only", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--ceiling", action="store_true", help="also: the machine's FLOP bound")
@@ -508,6 +607,10 @@ def main() -> None:
         return
     if args.profile:
         profile_worker([a for a in rest if a != "--"], args.profile)
+        return
+    if args.watch_cost:
+        print(f"hardware: {hardware()}")
+        watch_cost()
         return
     if args.epochs < 2:
         parser.error("--epochs must be >= 2 (the first epoch is warm-up)")
@@ -525,7 +628,8 @@ def main() -> None:
         root = stage(source, tmp / "data")
         baseline = None
         if not args.breakdown_only and not args.ceiling_only:
-            baseline = compare(root, args.epochs, args.repeats, tmp)
+            amps = [a.strip() for a in args.amp.split(",") if a.strip()]
+            baseline = compare(root, args.epochs, args.repeats, tmp, amps)
         if args.ceiling or args.ceiling_only:
             ceiling(root, baseline)
         if args.breakdown or args.breakdown_only:

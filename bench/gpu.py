@@ -117,7 +117,13 @@ class Trainer:
         self.run_model = torch.compile(self.model) if compile_ else self.model
 
     def run(
-        self, seed: int, cfg: LoopConfig, lr: float, tracker=None, hooks: Hooks | None = None
+        self,
+        seed: int,
+        cfg: LoopConfig,
+        lr: float,
+        tracker=None,
+        hooks: Hooks | None = None,
+        watcher=None,
     ) -> tuple[float, LoopStats]:
         torch.manual_seed(seed)  # the same initial weights as `trainjob --seed SEED`
         fresh = ConvNet(TUTORIAL["kernels"], TUTORIAL["classes"]).state_dict()
@@ -138,6 +144,7 @@ class Trainer:
             hooks,
             None,
             stats,
+            watcher,
         )
         sync(self.device)
         return time.perf_counter() - start, stats
@@ -280,27 +287,47 @@ def part_c(root: Path, device: torch.device, epochs: int, tmp: Path, smoke: bool
         return
     from trainjob import tracking
     from trainjob.settings import Settings
+    from trainjob.watch import Watcher
 
     os.environ.update(WANDB_DIR=str(tmp), WANDB_SILENT="true", WANDB_CONFIG_DIR=str(tmp / ".c"))
     settings = Settings(epochs=epochs, data_dir=root, output_dir=tmp / "outputs")
     split = data.load("MNIST", root, settings.data_slice, device).train
-    cfg = LoopConfig(epochs, settings.batch_size, settings.log_every, 0, progress_bar=False)
-    rates: dict[str, float] = {}
-    modes = ("disabled", "offline") * (1 if smoke else 2)  # interleaved; the last pair counts
-    for mode in modes:
-        os.environ["WANDB_MODE"] = mode
-        trainer = Trainer(split, device, compile_=False, cl=True)  # watch() once per model
-        tracker = tracking.start(settings, {"bench": "gpu"})
-        tracker.watch(trainer.model, torch.nn.CrossEntropyLoss(), "all", settings.watch_freq)
-        _, stats = trainer.run(0, cfg, settings.learning_rate, tracker)
-        tracker.finish()
-        rates[mode] = stats.steady_samples_per_s()
-    overhead = 100 * (1 - rates["offline"] / rates["disabled"])
-    print(
-        f"(c) tracking overhead, tutorial config, watch all every {settings.watch_freq} steps: "
-        f"offline {rates['offline']:,.0f} vs disabled {rates['disabled']:,.0f} samples/s "
-        f"-> {overhead:+.1f}%"
-    )
+    variants = [  # (label, W&B mode, watcher, cuda_graphs); W&B's hooks cannot run in a graph
+        ("eager, disabled", "disabled", None, False),
+        ("eager, W&B run.watch", "offline", "wandb", False),
+        ("eager, trainjob watcher", "offline", "trainjob", False),
+        ("graphs, disabled", "disabled", None, True),
+        ("graphs, trainjob watcher", "offline", "trainjob", True),
+    ]
+    rates: dict[str, list[float]] = {label: [] for label, *_ in variants}
+    for _ in range(1 if smoke else 2):  # interleaved repetitions; the median counts
+        for label, mode, who, graphs in variants:
+            os.environ["WANDB_MODE"] = mode
+            cfg = LoopConfig(
+                epochs,
+                settings.batch_size,
+                settings.log_every,
+                0,
+                progress_bar=False,
+                cuda_graphs=graphs,
+            )
+            trainer = Trainer(split, device, compile_=False, cl=True)  # watch() once per model
+            tracker = tracking.start(settings, {"bench": "gpu"})
+            watcher = None
+            if who == "trainjob":
+                watcher = Watcher(trainer.model, "all", settings.watch_freq)
+            if who is not None:
+                tracker.watch(
+                    trainer.model, torch.nn.CrossEntropyLoss(), "all", settings.watch_freq, watcher
+                )
+            _, stats = trainer.run(0, cfg, settings.learning_rate, tracker, watcher=watcher)
+            tracker.finish()
+            rates[label].append(stats.steady_samples_per_s())
+    median = {label: statistics.median(values) for label, values in rates.items()}
+    print(f"(c) tracking overhead, tutorial config, watch all every {settings.watch_freq} steps:")
+    for label, value in median.items():
+        base = median[f"{label.split(',')[0]}, disabled"]
+        print(f"    {label:26s} {value:>10,.0f} samples/s  {100 * (1 - value / base):+6.1f}%")
 
 
 def versions(device: torch.device) -> str:

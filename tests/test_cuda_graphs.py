@@ -1,8 +1,9 @@
 """``cuda_graphs``: full-batch steps recorded once as a CUDA graph and replayed.
 
 The CUDA tests run only where a GPU is and skip elsewhere; they and ``bench/gpu.py`` passed on
-an NVIDIA H200 and an H100 on 2026-11-27 (bench/results/gpu-*-2026-11-27*.log).
-The settings rule and the CPU no-op run everywhere.
+an NVIDIA H200 and an H100 on 2026-11-27 (bench/results/gpu-*-2026-11-27*.log), before the
+watcher's graph path existed. The settings rule and the CPU no-op run everywhere; the watcher's
+histograms under graphs are tested in test_watch.py.
 """
 
 from __future__ import annotations
@@ -63,14 +64,25 @@ def _worst_relative_difference(a: list[torch.Tensor], b: list[torch.Tensor]) -> 
     return max(((x - y).norm() / x.norm()).item() for x, y in zip(a, b, strict=True))
 
 
-def test_settings_refuse_graphs_with_watch(tiny_data: Path, tmp_path: Path) -> None:
-    env = clean_env(tmp_path, TRAINJOB_DATA_DIR=str(tiny_data), TRAINJOB_CUDA_GRAPHS="true")
+def test_settings_refuse_graphs_only_with_wandbs_watch(tiny_data: Path, tmp_path: Path) -> None:
+    """W&B's run.watch hooks cannot run inside a replay: refused (exit 2). trainjob's watcher is
+    driven around each replay: accepted (on the CPU, cuda_graphs is a no-op and the job runs)."""
+    env = clean_env(
+        tmp_path,
+        TRAINJOB_DATA_DIR=str(tiny_data),
+        TRAINJOB_CUDA_GRAPHS="true",
+        TRAINJOB_WATCHER="wandb",
+    )
     result = run_cli([], env, tmp_path, timeout=60)
     assert result.returncode == 2, result.stderr
     lines = result.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in result.stderr
     assert "watch_log='all' is invalid" in lines[0]
-    assert "TRAINJOB_CUDA_GRAPHS=true needs TRAINJOB_WATCH_LOG=none" in lines[0]
+    assert "TRAINJOB_WATCHER=wandb needs TRAINJOB_WATCH_LOG=none" in lines[0]
+    from trainjob.settings import Settings
+
+    accepted = Settings(cuda_graphs=True, watch_log="all")
+    assert accepted.watcher == "trainjob" and accepted.cuda_graphs
 
 
 def test_graphs_are_a_no_op_on_the_cpu(tiny_data: Path) -> None:

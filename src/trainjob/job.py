@@ -147,6 +147,7 @@ def run(settings: Settings) -> int:
     from .model import ConvNet
     from .progress import display
     from .train import LoopConfig, LoopStats, Progress, evaluate, make_optimizer, train
+    from .watch import Watcher
 
     started = time.perf_counter()
     resolve_mode()  # a bad WANDB_MODE fails here, before any data is touched
@@ -156,6 +157,8 @@ def run(settings: Settings) -> int:
 
     device = runtime.select_device(settings.device)
     threads = runtime.configure(settings.threads, device)
+    if settings.amp == "bf16" and device.type == "cpu" and not runtime.cpu_has_native_bf16():
+        print(runtime.BF16_SLOW_CPU, file=sys.stderr)
     dataset = data.load(
         settings.dataset, settings.data_dir, settings.data_slice, device, settings.cache_dir
     )
@@ -208,11 +211,14 @@ def run(settings: Settings) -> int:
     # watch from the first new row on (see resume.py).
     history = resume.History(tracker, resume.history_floor(tracker))
     saver.extra = lambda: {"history": list(history.rows)}
+    watcher = None
+    if settings.watcher == "trainjob" and settings.watch_log != "none" and tracker.enabled:
+        watcher = Watcher(model, settings.watch_log, settings.watch_freq)
     if history.floor < 0:
-        tracker.watch(model, criterion, settings.watch_log, settings.watch_freq)
+        tracker.watch(model, criterion, settings.watch_log, settings.watch_freq, watcher)
     else:
         history.on_first_row = lambda: tracker.watch(
-            model, criterion, settings.watch_log, settings.watch_freq
+            model, criterion, settings.watch_log, settings.watch_freq, watcher
         )
     if state is not None:
         # Rows the interrupted process logged before its checkpoint but that never reached the
@@ -267,6 +273,7 @@ def run(settings: Settings) -> int:
             hooks,
             display(progress, settings.epochs, settings.progress, settings.progress_every_s),
             stats,
+            watcher,
         )
         train_s = time.perf_counter() - train_start
         accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, hooks, progress)

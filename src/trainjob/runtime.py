@@ -116,3 +116,28 @@ def environment(device: torch.device, threads: int) -> dict[str, str | int | Non
     if device.type == "cuda":
         info["gpu"] = torch.cuda.get_device_name(device)
     return info
+
+
+def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
+    """Whether this CPU computes bf16 natively (AMX or AVX-512 BF16), where CPU autocast to
+    bf16 pays; elsewhere oneDNN emulates it in float32 and a step gets slower, not faster.
+
+    Linux exposes the feature flags in /proc/cpuinfo; elsewhere torch's own oneDNN check (which
+    also accepts plain AVX-512, a superset) decides."""
+    try:
+        flags = set()
+        for line in cpuinfo.read_text().splitlines():
+            if line.startswith("flags"):
+                flags.update(line.split(":", 1)[1].split())
+                break
+        if flags:
+            return bool(flags & {"avx512_bf16", "amx_bf16"})
+    except OSError:
+        pass
+    return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+
+
+BF16_SLOW_CPU = (
+    "trainjob: warning: TRAINJOB_AMP=bf16 on a CPU without native bf16 (no AMX / AVX-512 BF16 in "
+    "its flags): autocast is emulated and slower than float32; keep TRAINJOB_AMP=none here"
+)

@@ -47,6 +47,7 @@ RUNTIME_FIELDS = frozenset(
         "progress_every_s",
         "device",
         "onnx_exporter",
+        "watcher",
     }
 )
 
@@ -93,12 +94,15 @@ class Settings(BaseSettings):
     # --- speed (results are identical on CPU whatever these are, except amp) -----------------
     device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
     amp: Literal["none", "bf16"] = Field(
-        "none", description="Autocast precision on CUDA: none or bf16."
+        "none",
+        description="Autocast precision: none or bf16, on CUDA and on the CPU. On a CPU bf16 "
+        "pays only with native bf16 (AMX or AVX-512 BF16: Xeon 4th gen+, AMD Zen 4+); "
+        "elsewhere it is emulated and slower (a warning says so).",
     )
     compile: bool = Field(False, description="torch.compile the model (pays off on long jobs).")
     cuda_graphs: bool = Field(
         False,
-        description="CUDA: replay each full-batch step as one CUDA graph (needs watch_log=none).",
+        description="CUDA: replay each full-batch step as one CUDA graph (not with watcher=wandb).",
     )
     channels_last: bool = Field(True, description="Use channels_last memory format.")
     onnx_exporter: Literal["dynamo", "torchscript"] = Field(
@@ -119,6 +123,11 @@ class Settings(BaseSettings):
         None,
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Deterministic W&B run id (e.g. the Kubernetes Job name) to resume into.",
+    )
+    watcher: Literal["trainjob", "wandb"] = Field(
+        "trainjob",
+        description="Who computes the watch histograms: trainjob (on the device, same records) "
+        "or wandb (W&B's run.watch hooks, slower).",
     )
     watch_log: Literal["gradients", "parameters", "all", "none"] = Field(
         "all", description="run.watch log: gradients, parameters, all or none."
@@ -199,12 +208,14 @@ class Settings(BaseSettings):
     @field_validator("watch_log")
     @classmethod
     def _check_watch_with_graphs(cls, value: str, info: ValidationInfo) -> str:
-        # run.watch works through module and tensor hooks, which run in Python and so not
-        # inside a CUDA graph replay; its histograms would silently stop after the capture.
-        if value != "none" and info.data.get("cuda_graphs"):
+        # W&B's run.watch works through module and tensor hooks, which run in Python and so
+        # not inside a CUDA graph replay: its histograms would silently stop after the capture.
+        # trainjob's watcher is driven by the loop around each replay instead.
+        if value != "none" and info.data.get("cuda_graphs") and info.data.get("watcher") == "wandb":
             raise ValueError(
-                "TRAINJOB_CUDA_GRAPHS=true needs TRAINJOB_WATCH_LOG=none (run.watch's hooks do "
-                "not run inside a CUDA graph replay)"
+                "TRAINJOB_CUDA_GRAPHS=true with TRAINJOB_WATCHER=wandb needs "
+                "TRAINJOB_WATCH_LOG=none (run.watch's hooks do not run inside a CUDA graph "
+                "replay); use TRAINJOB_WATCHER=trainjob"
             )
         return value
 

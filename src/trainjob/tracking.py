@@ -30,6 +30,7 @@ from .errors import ConfigError, StorageError
 from .resume import exit_code_of
 from .settings import Settings
 from .wandb_env import base_url, connect_fails, has_api_key, redact, resolve_mode
+from .watch import HostHistogram, Watcher
 
 
 class Tracker:
@@ -43,6 +44,10 @@ class Tracker:
         self.finish_timeout = finish_timeout
         self.server_timeout = server_timeout
         self.upload_incomplete = False  # online, but the server went away before the end
+        self.watcher: Watcher | None = None
+        # The step of the history row W&B keeps open: a row stays open until a higher step is
+        # logged (or the run finishes), and run.watch's commit=False histograms join it.
+        self.open_step = int(getattr(run, "starting_step", 0) or 0)
 
     @property
     def enabled(self) -> bool:
@@ -72,11 +77,37 @@ class Tracker:
         return None
 
     def log(self, metrics: Mapping[str, float | int], step: int) -> None:
+        if step > self.open_step:
+            self._flush_histograms()  # they belong to the row this log closes
+            self.open_step = step
         self.run.log(dict(metrics), step=step)
 
-    def watch(self, model: nn.Module, criterion: nn.Module, log: str, log_freq: int) -> None:
-        if log != "none":
+    def watch(
+        self,
+        model: nn.Module,
+        criterion: nn.Module,
+        log: str,
+        log_freq: int,
+        watcher: Watcher | None = None,
+    ) -> None:
+        """Histograms of ``model``'s gradients and/or parameters every ``log_freq`` batches:
+        trainjob's ``watcher`` (computed on the device, see watch.py) when one is given, else
+        W&B's own ``run.watch`` hooks. Both give the same history records."""
+        if log == "none" or not self.enabled:
+            return
+        if watcher is None:
             self.run.watch(model, criterion, log=log, log_freq=log_freq)
+            return
+        self.watcher = watcher
+        watcher.start()
+
+    def _flush_histograms(self) -> None:
+        """Log the watcher's pending histograms into the open row, all in one ``run.log``."""
+        if self.watcher is None or not self.watcher.pending:
+            return
+        found = self.watcher.collect()
+        if found:
+            self.run.log(package(found), step=self.open_step)
 
     def summary(self, values: Mapping[str, Any]) -> None:
         for key, value in values.items():
@@ -127,6 +158,13 @@ class Tracker:
 
         Online, this waits at most ``wandb_finish_timeout`` s for the server: a server that died
         mid-run does not hang the job; everything is in the run folder for ``wandb sync``."""
+        # W&B writes the open row at finish, with the histograms logged into it since. Never
+        # in the way of finishing: a failing device (the reason this job ends?) must not keep
+        # the run from being marked finished with its exit code.
+        try:
+            self._flush_histograms()
+        except Exception as exc:
+            print(f"trainjob: warning: last watch histograms not logged: {exc}", file=sys.stderr)
         try:
             self.run.finish(exit_code=exit_code)
         except TimeoutError:
@@ -139,6 +177,11 @@ class Tracker:
                 file=sys.stderr,
                 flush=True,
             )
+
+
+def package(found: list[HostHistogram]) -> dict[str, wandb.Histogram]:
+    """``wandb.Histogram`` s exactly as W&B's ``log_tensor_stats`` builds them (from lists)."""
+    return {h.key: wandb.Histogram(np_histogram=(h.counts, h.edges)) for h in found}
 
 
 def choose_mode(settings: Settings) -> str:

@@ -5,8 +5,8 @@ One flat loop in a fixed order (nanoGPT's ``train.py``): forward -> loss -> back
 comments (``SYNC POINT``): once per ``log_every`` batches, once per epoch (timing), on the few
 warm-up steps that see a new batch shape (compile/autotune timing), and once per evaluation.
 Everything else (the epoch's permutation, batch gathering, uint8 -> float, the running loss)
-stays on the device. Outside this module, ``run.watch`` syncs every ``watch_freq`` batches
-(it copies histograms to the host) and a checkpoint save syncs.
+stays on the device. Outside this module, the watch histograms (watch.py) are copied to the
+host with the log rows, and a checkpoint save syncs.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from torch import nn
 
 from .data import Split, to_float
 from .errors import DivergedError
+from .watch import Watcher
 
 EVAL_BATCH = 1000  # evaluation batch: large (no grads), and fixed so accuracy is reproducible
 
@@ -141,10 +142,10 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Te
 def _autocast(
     device: torch.device, bf16: bool, cache: bool = True
 ) -> contextlib.AbstractContextManager[object]:
-    if bf16 and device.type == "cuda":
+    if bf16 and device.type in ("cuda", "cpu"):
         # Inside a CUDA graph capture the autocast weight cache must be off: cached casts would
         # be made once at capture and never again, while the weights change every replay.
-        return torch.autocast(device_type="cuda", dtype=torch.bfloat16, cache_enabled=cache)
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
     return contextlib.nullcontext()
 
 
@@ -201,9 +202,9 @@ class GraphedStep:
     tensor (``_set_optimizer_form``), so neither needs a new capture. Adam creates its state in
     its first step, so a few warm-up steps run before the capture (also letting cuDNN
     autotune); the weights and the optimizer state are then put back in place (the graph holds
-    their addresses), so a graphed run computes what an eager one does. Python hooks
-    (run.watch) do not run inside a replay; settings refuse ``cuda_graphs`` with ``watch_log``
-    other than none.
+    their addresses), so a graphed run computes what an eager one does. Python hooks (W&B's
+    run.watch) do not run inside a replay: ``grads`` keeps the gradient buffers the graph
+    writes, and the loop hands them to trainjob's watcher after each replay.
     """
 
     WARMUP_STEPS = 3
@@ -256,6 +257,9 @@ class GraphedStep:
             # capture stream) alive for the eager steps, which then synchronize streams and warn.
             self.loss = step()
             _accumulate(self.loss, nonfinite, loss_sum)
+        # The graph's own gradient tensors (the loop's zero_grad(set_to_none) only drops the
+        # references in .grad; each replay writes these afresh).
+        self.grads = [p.grad for p in model.parameters() if p.requires_grad]
 
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         self.idx.copy_(idx)  # device to device, no sync
@@ -282,15 +286,20 @@ def train(
     hooks: Hooks | None = None,
     bar: Callable[..., object] | None = None,
     stats: LoopStats | None = None,
+    watcher: Watcher | None = None,
 ) -> Progress:
-    """Train from ``progress`` to the end of ``cfg.epochs``; returns the final progress."""
+    """Train from ``progress`` to the end of ``cfg.epochs``; returns the final progress.
+
+    ``watcher`` (watch.py) computes the watch histograms; the loop tells it how far the next
+    log row is, and drives it around CUDA graph replays, where its hooks cannot run."""
     hooks = hooks or Hooks()
     stats = stats if stats is not None else LoopStats()
     device = data.images.device
     n = len(data)
     batches = math.ceil(n / cfg.batch_size)
     peak_lr = float(optimizer.defaults["lr"])
-    graphs = cfg.cuda_graphs and device.type == "cuda"
+    graphs = cfg.cuda_graphs and graphs_available(device)
+    total_steps = cfg.epochs * batches
     graphed: GraphedStep | None = None
     _set_optimizer_form(optimizer, graphs, device)
     seen_shapes: set[int] = set()
@@ -320,12 +329,19 @@ def train(
             if cfg.lr_schedule != "none":
                 lr = learning_rate_at(progress.step, cfg.epochs * batches, peak_lr, cfg.lr_schedule)
                 set_learning_rate(optimizer, lr)
+            if watcher is not None:
+                watcher.plan(_steps_to_row(progress.step + 1, cfg.log_every, total_steps))
             if graphs and size == cfg.batch_size:
                 if graphed is None:  # on the first full batch: warm-up steps and the capture
-                    graphed = GraphedStep(
-                        model, optimizer, criterion, data, idx, cfg, nonfinite, loss_sum
-                    )
+                    with watcher.paused() if watcher is not None else contextlib.nullcontext():
+                        graphed = GraphedStep(
+                            model, optimizer, criterion, data, idx, cfg, nonfinite, loss_sum
+                        )
+                if watcher is not None and watcher.started:
+                    watcher.forward_event()  # the weights this step's forward reads
                 loss = graphed(idx)  # the divergence flag and loss_sum are updated in the graph
+                if watcher is not None and watcher.started:
+                    watcher.backward_event(graphed.grads)
             else:
                 loss = train_step(model, optimizer, criterion, data, idx, cfg)
                 _accumulate(loss, nonfinite, loss_sum)  # no sync: read at log intervals
@@ -368,6 +384,8 @@ def train(
                     pbar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
             if pbar is not None:
                 pbar.update(1)
+            if watcher is not None:
+                watcher.plan(None)  # forwards outside the loop (evaluation, export): unknown
             hooks.after_step(progress)
         _sync(device)  # SYNC POINT: once per epoch, so the epoch's time is the GPU's time
         stats.epochs.append((epoch_examples, time.perf_counter() - epoch_start - epoch_warmup))
@@ -377,6 +395,17 @@ def train(
         progress.epoch, progress.batch = epoch + 1, 0
         hooks.after_epoch(progress)
     return progress
+
+
+def graphs_available(device: torch.device) -> bool:
+    """CUDA graphs need a CUDA device; on others ``cuda_graphs`` is a no-op."""
+    return device.type == "cuda"
+
+
+def _steps_to_row(step: int, log_every: int, total_steps: int) -> int | None:
+    """Training steps after ``step`` until the next one that logs a row; None if none does."""
+    ahead = -step % log_every
+    return ahead if step + ahead <= total_steps else None
 
 
 def _check_finite(value: float, progress: Progress) -> None:
