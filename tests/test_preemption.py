@@ -207,19 +207,28 @@ def test_history_holds_every_step_exactly_once(gauntlet, reference) -> None:
     assert {r["_step"]: r[mean] for r in rows if "loss" in r} == {
         r["_step"]: r[mean] for r in reference.history if "loss" in r
     }
-    accuracy = [row for row in rows if "test_accuracy" in row]
-    assert [row["_step"] for row in accuracy] == [STEPS * BATCH + 1]
+    # test_accuracy after every epoch (the sweep metric), a row of its own at examples_seen + 1,
+    # identical to the uninterrupted run's
+    accuracy = {row["_step"]: row["test_accuracy"] for row in rows if "test_accuracy" in row}
+    epoch_ends = [STEPS // 2 * BATCH + 1, STEPS * BATCH + 1]  # 2 epochs of 16 steps
+    assert sorted(accuracy) == epoch_ends
+    assert accuracy == {
+        r["_step"]: r["test_accuracy"] for r in reference.history if "test_accuracy" in r
+    }
     assert any(k.startswith("gradients/") for row in runs[-2].history for k in row)  # watch works
 
 
-def test_rows_lost_with_the_killed_process_are_logged_again(gauntlet) -> None:
+def test_rows_lost_with_the_killed_process_are_logged_again(gauntlet, reference) -> None:
     # wandb-core writes its file in 32 KiB blocks: the killed process's rows never got there.
     _, stages, _, runs = gauntlet
     killed = {row["_step"] for row in runs[2].history}
-    before_checkpoint = {s for s in range(LOG_EVERY, 21, LOG_EVERY) if s > 16}  # steps 18, 20
+    # The rows it logged between its checkpoints at steps 16 and 20: losses at steps 18 and 20,
+    # and the first epoch's test_accuracy (at examples_seen + 1 after step 16).
+    between = {r["_step"] for r in reference.history if 16 * BATCH < r["_step"] <= 20 * BATCH}
+    assert len(between) == 3
     replayed = re.search(r"(\d+) row\(s\) logged again from the checkpoint", stages["eval"].stderr)
     assert replayed, stages["eval"]
-    missing = {s * BATCH for s in before_checkpoint} - killed
+    missing = between - killed
     assert int(replayed.group(1)) == len(missing)
 
 

@@ -97,7 +97,7 @@ def test_offline_grid_end_to_end(sweep_env: Path, capsys: pytest.CaptureFixture)
 
     # A rerun (e.g. a restarted pod) keeps the finished trials instead of running them again.
     assert main(["sweep", "run", str(path)]) == 0
-    assert capsys.readouterr().out.count("already done") == 4
+    assert capsys.readouterr().out.count("already finished") == 4
     assert len(offline_runs(sweep_env)) == 4
 
 
