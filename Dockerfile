@@ -18,8 +18,8 @@
 ARG BASE_IMAGE=nvidia/cuda:13.0.2-base-ubuntu24.04
 ARG PYTHON=python3.12
 
-# ---- builder: a venv from the lock file (hash-checked, wheels only), then our package --------
-FROM ${BASE_IMAGE} AS builder
+# ---- deps: a venv from the lock file (hash-checked, wheels only) -----------------------------
+FROM ${BASE_IMAGE} AS deps
 ARG PYTHON
 
 # DL3008 (pin apt versions): Ubuntu drops superseded package versions from its archive, so an
@@ -36,13 +36,23 @@ COPY requirements.lock /tmp/requirements.lock
 RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
       --require-hashes --only-binary=:all: -r /tmp/requirements.lock
 
+# ---- builder: our package, into that venv (checked) and into /overlay (copied) --------------
+FROM deps AS builder
 COPY pyproject.toml README.md /src/
 COPY src/ /src/src/
 # --no-build-isolation: build with the locked setuptools already in the venv (no unpinned
 # download); --no-deps: every dependency came from the lock above; `pip check` proves it.
-RUN /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
-      --no-deps --no-build-isolation /src \
- && /opt/venv/bin/pip check
+# --root /overlay: the same files again, alone, at their venv paths below /overlay. The runtime
+# stage copies the dependencies from `deps` (a ~6 GB layer, cached until the lock changes) and
+# only these few files on top, so a source edit rebuilds and pushes kilobytes, not the venv.
+# --no-compile there: bytecode compiled below /overlay would name /overlay paths in tracebacks.
+RUN /opt/venv/bin/pip wheel --no-cache-dir --disable-pip-version-check \
+      --no-deps --no-build-isolation --wheel-dir /tmp/wheel /src \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+      --no-deps /tmp/wheel/*.whl \
+ && /opt/venv/bin/pip check \
+ && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
+      --no-deps --no-compile --root /overlay /tmp/wheel/*.whl
 
 # ---- runtime: python, tini and the venv; no compilers, no pip cache, no sources --------------
 FROM ${BASE_IMAGE} AS runtime
@@ -67,7 +77,8 @@ RUN apt-get update \
       --home-dir /workspace --shell /usr/sbin/nologin trainjob \
  && install -d -o 10001 -g 10001 -m 0755 /workspace
 
-COPY --from=builder /opt/venv /opt/venv
+COPY --from=deps /opt/venv /opt/venv
+COPY --from=builder /overlay/ /
 
 # The labels come after the layers: a build arg that RUN can see (REVISION changes with every
 # commit) would otherwise miss the layer cache for every RUN below its ARG line.

@@ -82,7 +82,8 @@ def test_hadolint_passes_and_every_ignore_has_a_reason() -> None:
 # --- the Dockerfile's contract -----------------------------------------------------------------
 def test_pinned_cuda_base_matches_torchs_cuda_build(dockerfile: Dockerfile) -> None:
     assert len(dockerfile.stages) >= 2, "multi-stage: a builder and a runtime stage"
-    bases = {stage.base for stage in dockerfile.stages}
+    names = {stage.name for stage in dockerfile.stages}
+    bases = {stage.base for stage in dockerfile.stages if stage.base not in names}
     assert len(bases) == 1, f"builder and runtime must share a base (the venv's python): {bases}"
     match = BASE_RE.match(bases.pop())
     assert match, "FROM must be a pinned nvidia/cuda <x.y.z>-<flavour>-ubuntu<nn.nn> tag"
@@ -133,21 +134,22 @@ def test_every_writable_path_is_under_the_one_volume(runtime: Stage) -> None:
 
 
 def test_dependencies_come_from_the_lock_before_the_sources(dockerfile: Dockerfile) -> None:
-    builder = dockerfile.stage("builder")
-    copies = [i.args for i in builder.all("COPY")]
-    lock_copy = next(i for i, c in enumerate(copies) if c.startswith("requirements.lock "))
-    src_copy = next(i for i, c in enumerate(copies) if c.startswith("src/"))
-    assert lock_copy < src_copy  # the dependency layer survives source edits
-    installs = [i.args for i in builder.all("RUN") if "pip install" in i.args]
-    assert "--require-hashes" in installs[0] and "-r /tmp/requirements.lock" in installs[0]
-    assert "--only-binary=:all:" in installs[0]  # no compiler needed, none used
-    assert "--no-deps" in installs[1] and "pip check" in installs[1]
-    # The lock is for the image's Python: the PYTHON build arg's default, which both stages
-    # install (a stand-in base overrides it, see docker/standin-base.sh).
+    # `deps` installs the lock; `builder` (FROM deps) adds the sources on top of it.
+    deps, builder = dockerfile.stage("deps"), dockerfile.stage("builder")
+    assert builder.base == "deps"
+    assert [i.args for i in deps.all("COPY")] == ["requirements.lock /tmp/requirements.lock"]
+    assert "src/ /src/src/" in [i.args for i in builder.all("COPY")]
+    (install,) = [i.args for i in deps.all("RUN") if "pip install" in i.args]
+    assert "--require-hashes" in install and "-r /tmp/requirements.lock" in install
+    assert "--only-binary=:all:" in install  # no compiler needed, none used
+    (package,) = [i.args for i in builder.all("RUN") if "pip install" in i.args]
+    assert "--no-deps" in package and "pip check" in package and "--root /overlay" in package
+    # The lock is for the image's Python: the PYTHON build arg's default, which the stages on
+    # the base install (a stand-in base overrides it, see docker/standin-base.sh).
     header = LOCK.read_text().split("\n", 3)[:3]
     version = re.search(r"--python-version (\d+\.\d+)", " ".join(header))
     assert version and dockerfile.global_args["PYTHON"] == f"python{version.group(1)}"
-    for stage in dockerfile.stages:
+    for stage in (deps, dockerfile.final):
         assert "PYTHON" in [i.args for i in stage.all("ARG")]
         assert '"${PYTHON}"' in apt_packages(stage)
 
@@ -157,7 +159,8 @@ def test_runtime_stage_has_no_compilers_and_no_sources(runtime: Stage) -> None:
     assert packages and not [p for p in packages if COMPILERS.match(p)], packages
     assert not BASE_RE.match(runtime.base) or "devel" not in runtime.base
     copies = [i.args for i in runtime.all("COPY")]
-    assert copies == ["--from=builder /opt/venv /opt/venv"]
+    # The locked venv (a layer that outlives source edits), then only our package's files.
+    assert copies == ["--from=deps /opt/venv /opt/venv", "--from=builder /overlay/ /"]
     assert not [i for i in runtime.all("RUN") if "pip " in i.args]
 
 

@@ -278,6 +278,10 @@ def test_k8s_train_pod_runs_in_docker_as_it_would_in_the_cluster(
     assert run_.config["env"]["threads"] == int(pod.env["OMP_NUM_THREADS"])
     (model,) = models(files)
     assert model.stat().st_size > 10_000
+    # Checkpoints on the claim, one folder per Job (empty: the run finished).
+    ckpt = pod.env["TRAINJOB_CHECKPOINT_DIR"]
+    assert ckpt == f"/workspace/checkpoints/{name}"
+    assert (files / os.path.relpath(ckpt, "/workspace")).is_dir()
 
 
 # --- (e) an offline sweep in the image ----------------------------------------------------------
