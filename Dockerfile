@@ -45,14 +45,15 @@ COPY src/ /src/src/
 # --root /overlay: the same files again, alone, at their venv paths below /overlay. The runtime
 # stage copies the dependencies from `deps` (a ~6 GB layer, cached until the lock changes) and
 # only these few files on top, so a source edit rebuilds and pushes kilobytes, not the venv.
-# --no-compile there: bytecode compiled below /overlay would name /overlay paths in tracebacks.
+# --ignore-installed: pip would see the package in the venv and skip it. --no-compile: bytecode
+# compiled below /overlay would name /overlay paths in tracebacks.
 RUN /opt/venv/bin/pip wheel --no-cache-dir --disable-pip-version-check \
       --no-deps --no-build-isolation --wheel-dir /tmp/wheel /src \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
       --no-deps /tmp/wheel/*.whl \
  && /opt/venv/bin/pip check \
  && /opt/venv/bin/pip install --no-cache-dir --disable-pip-version-check \
-      --no-deps --no-compile --root /overlay /tmp/wheel/*.whl
+      --no-deps --no-compile --ignore-installed --root /overlay /tmp/wheel/*.whl
 
 # ---- runtime: python, tini and the venv; no compilers, no pip cache, no sources --------------
 FROM ${BASE_IMAGE} AS runtime
