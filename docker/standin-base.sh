@@ -19,8 +19,9 @@ if docker image inspect "$TAG" >/dev/null 2>&1; then
   exit 0
 fi
 if ! command -v debootstrap >/dev/null; then
-  apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/dev/null
+  apt-get update -qq >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq debootstrap >/tmp/trainjob-apt.log 2>&1 ||
+    { tail -n 20 /tmp/trainjob-apt.log >&2; exit 1; }
 fi
 # The host's Debian mirror (deb822 sources), else Debian's redirector.
 MIRROR=${MIRROR:-$(sed -n 's/^URIs: *\(\S*debian\)$/\1/p' /etc/apt/sources.list.d/debian.sources \
@@ -33,7 +34,7 @@ debootstrap --variant=minbase --include=ca-certificates "$SUITE" "$ROOTFS" "$MIR
 rm -f "$ROOTFS.log"
 if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
   cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
-  chroot "$ROOTFS" update-ca-certificates >/dev/null
+  chroot "$ROOTFS" update-ca-certificates >/dev/null 2>&1
 fi
 rm -rf "$ROOTFS"/var/cache/apt/archives/*.deb "$ROOTFS"/var/lib/apt/lists/*
 tar -C "$ROOTFS" -c . | docker import \
