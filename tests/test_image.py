@@ -25,7 +25,6 @@ from docker_engine import (
     Volume,
     check_engine,
     docker,
-    last_line,
     run,
     run_argv,
     unique,
@@ -188,15 +187,13 @@ def test_docker_stop_before_training_exits_143_at_once(
         ):
             assert time.monotonic() < deadline and proc.poll() is None, "the container never ran"
             time.sleep(0.1)
-        started = time.monotonic()
         docker("stop", "--time", "60", name)
-        stop_s = time.monotonic() - started
         proc.communicate(timeout=120)
     finally:
         if proc.poll() is None:
             proc.kill()
+    # 143, not 137: SIGTERM reached python (ignored, docker would SIGKILL it after 60 s).
     assert proc.returncode == ExitCode.PREEMPTED
-    assert stop_s < 50  # not the 60 s SIGKILL fallback: the signal reached python
     assert not offline_runs(vol.files(tmp_path / "volume"))  # stopped before any W&B run
 
 
@@ -312,4 +309,4 @@ def test_offline_sweep_runs_two_trials_in_the_image(
     for run_ in runs:
         assert run_.exit_code == 0 and run_.run_info.get("run_group") == "image-test"
     assert len(models(files)) == 2
-    assert last_line(result.stdout)  # the table and the sync command were printed
+    assert "wandb sync" in result.stdout  # the command that uploads the trials later
