@@ -60,8 +60,11 @@ lock: venv
 	  --python-platform x86_64-manylinux_2_39 --generate-hashes --quiet -o requirements.lock
 
 IMAGE ?= ghcr.io/trainjob/trainjob:$(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
+# Extra `docker build` flags; empty for the image users get. .ci/image passes a stand-in base.
+IMAGE_BUILD_ARGS ?=
 image:
-	docker build -t $(IMAGE) --build-arg REVISION=$(shell git rev-parse --short HEAD) .
+	docker build -t $(IMAGE) --build-arg REVISION=$(shell git rev-parse --short HEAD) \
+	  $(IMAGE_BUILD_ARGS) .
 
 clean:
 	rm -rf outputs wandb .pytest_cache

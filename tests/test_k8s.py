@@ -5,7 +5,8 @@ There is no cluster here. Every overlay is rendered with ``kubectl kustomize``, 
 ``kubernetes-validate --strict`` for each Kubernetes version from 1.30 to the newest the tool
 knows, and scanned with checkov. Then the rendered container's command, args and env (ConfigMap,
 downward API, resource fields, ``$(VAR)`` expansion, as the kubelet does it) run locally, with
-the pod's volumes mapped to temp folders and tiny data.
+the pod's volumes mapped to temp folders and tiny data. The train pod runs in the built image
+instead, on a real Docker engine (tests/test_image.py, through tests/k8s_docker.py).
 
     PYTHONPATH=src python -m pytest tests/test_k8s.py -q
 """
@@ -833,37 +834,6 @@ def test_run_id_is_one_per_job_object(
     assert env[0]["TRAINJOB_CHECKPOINT_DIR"] != env[2]["TRAINJOB_CHECKPOINT_DIR"]
     assert env[0]["TRAINJOB_RUN_NAME"] == env[2]["TRAINJOB_RUN_NAME"] == job["metadata"]["name"]
     Settings(run_id=JOB_UID)  # a UID is a valid run id
-
-
-def test_train_pod_runs_here_and_its_run_id_is_the_job_uid(
-    rendered: dict[str, list[dict[str, Any]]], tiny_data: Path, pod_root: Path
-) -> None:
-    docs = rendered["train"]
-    job = main_job(docs)
-    pod = local_pod(docs, job, pod_root, overrides={**TINY, "WANDB_MODE": "offline"})
-    assert pod.missing_secrets == [f"{SECRET}/{SECRET_KEY}"]  # online in a cluster
-    put_tiny_data(pod, tiny_data)
-    out = pod.run(pod_root)
-    assert out.returncode == 0, out.stderr[-3000:]
-    name = job["metadata"]["name"]
-    assert pod.env["TRAINJOB_RUN_ID"] == JOB_UID
-    (run_dir,) = offline_runs(pod.host("/workspace"))
-    assert run_dir.name.endswith(f"-{JOB_UID}")  # a replacement pod resumes this id
-    run = read_offline_run(run_dir)
-    assert run.run_info["run_id"] == JOB_UID and run.run_info["display_name"] == name
-    # The CPU limit (4) reached torch's thread pool through OMP_NUM_THREADS.
-    limit = containers(job)[0]["resources"]["limits"]["cpu"]
-    assert run.config["env"]["threads"] == int(limit) == int(pod.env["OMP_NUM_THREADS"])
-    assert (pod.host("/workspace/outputs") / JOB_UID / "model.onnx").is_file()
-    assert (pod.host("/workspace/outputs") / "model.onnx").is_file()  # the latest job's
-    # Checkpoints on the claim, one folder per Job (removed files: the run finished).
-    ckpt = Path(pod.env["TRAINJOB_CHECKPOINT_DIR"])
-    assert ckpt == pod.host("/workspace") / "checkpoints" / JOB_UID and ckpt.is_dir()
-    # A replacement pod of this Job after it finished (same UID): refused, nothing reopened.
-    again = pod.run(pod_root)
-    assert again.returncode == ExitCode.BAD_CONFIG, again.stderr[-3000:]
-    assert "already finished" in one_error_line(again.stderr)
-    assert offline_runs(pod.host("/workspace")) == [run_dir]
 
 
 def test_offline_pod_then_sync_pod_find_the_run(
