@@ -50,12 +50,15 @@ class History:
     """The tracker the loop logs to: passes rows above ``floor`` on, drops the others, and keeps
     the last ``KEEP_ROWS`` rows for the checkpoint (``rows``)."""
 
-    def __init__(self, tracker: Any, floor: int = -1) -> None:
+    def __init__(
+        self, tracker: Any, floor: int = -1, on_first_row: Callable[[], None] | None = None
+    ) -> None:
         self.tracker = tracker
         self.floor = floor
         self.skipped = 0
         self.rows: deque[tuple[int, dict[str, float | int]]] = deque(maxlen=KEEP_ROWS)
-        self.on_first_row: Callable[[], None] | None = None
+        # Called once, after the first row that really reaches the tracker.
+        self.on_first_row = on_first_row
 
     def replay(self, rows: Iterable[tuple[int, Mapping[str, float | int]]]) -> int:
         """Log a checkpoint's rows again; returns how many were missing from the history."""
