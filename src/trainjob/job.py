@@ -118,7 +118,9 @@ def read_run_record(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def write_run_record(settings: Settings, tracker: Any, exit_code: int, summary: dict) -> None:
+def write_run_record(
+    settings: Settings, tracker: Tracker, exit_code: int, summary: dict[str, Any]
+) -> None:
     """``<output_dir>/run.json``: how the job ended, its W&B run folder and its summary. Offline
     sweeps read trial results back from it (sweep_local.py). Best effort: never masks an error."""
     record = {
@@ -445,8 +447,7 @@ def _failed(exc: TrainjobError, job: _Started, ckpt_dir: Path) -> dict[str, Any]
         # Nothing will resume a stopped trial: its checkpoints would only be left behind.
         _remove_checkpoints(ckpt_dir)
     elif isinstance(exc, Preempted):
-        if job.tracker.enabled:
-            job.tracker.run.mark_preempting()
+        job.tracker.mark_preempting()
     elif exc.exit_code == ExitCode.DIVERGED:
         # Resuming a diverged run diverges again: its checkpoints would only stand in the
         # way of a rerun with a lower learning rate (a settings change refuses to resume).

@@ -1,4 +1,5 @@
-"""The training loop: pure PyTorch, no W&B import; the tracker and hooks are passed in.
+"""The training loop: pure PyTorch, no W&B import; where it logs (``history``) and its hooks
+are passed in.
 
 One flat loop in a fixed order (nanoGPT's ``train.py``): forward -> loss -> backward -> step ->
 ``zero_grad(set_to_none=True)`` -> log at intervals. The host/device sync points are named in
@@ -28,7 +29,10 @@ from .watch import Watcher
 EVAL_BATCH = 1000  # evaluation batch: large (no grads), and fixed so accuracy is reproducible
 
 
-class Tracker(Protocol):
+class HistoryLog(Protocol):
+    """Where the loop's rows go: a job's ``resume.History`` (in front of the W&B run), or any
+    object with this method."""
+
     def log(self, metrics: Mapping[str, float | int], step: int) -> None: ...
 
 
@@ -281,7 +285,7 @@ def train(
     criterion: nn.Module,
     data: Split,
     cfg: LoopConfig,
-    tracker: Tracker,
+    history: HistoryLog,
     progress: Progress,
     hooks: Hooks | None = None,
     bar: Callable[..., object] | None = None,
@@ -371,7 +375,7 @@ def train(
                 now = time.perf_counter()
                 rate = (progress.examples_seen - last_log_examples) / max(now - last_log_time, 1e-9)
                 last_log_time, last_log_examples = now, progress.examples_seen
-                tracker.log(
+                history.log(
                     {
                         "epoch": epoch,
                         "loss": value,
