@@ -10,15 +10,16 @@ from helpers import clean_env, run_cli
 
 from trainjob import data, runtime
 from trainjob.model import ConvNet
-from trainjob.train import LoopConfig, _autocast, _prepare, make_optimizer, train_step
+from trainjob.step import autocast, prepare, train_step
+from trainjob.train import LoopConfig, make_optimizer
 
 
 def test_bf16_autocasts_on_the_cpu(tiny_data: Path) -> None:
     split = data.load("MNIST", tiny_data, data_slice=1).train
     torch.manual_seed(0)
     model = ConvNet([16, 32], 10).to(memory_format=torch.channels_last)
-    with _autocast(torch.device("cpu"), bf16=True):
-        assert model(_prepare(split.images[:8], True)).dtype == torch.bfloat16
+    with autocast(torch.device("cpu"), bf16=True):
+        assert model(prepare(split.images[:8], True)).dtype == torch.bfloat16
     optimizer = make_optimizer(model, 0.005)
     cfg = LoopConfig(epochs=1, batch_size=64, log_every=5, seed=0, bf16=True, progress_bar=False)
     loss = train_step(model, optimizer, torch.nn.CrossEntropyLoss(), split, torch.arange(64), cfg)

@@ -16,8 +16,9 @@ import pytest
 import torch
 from helpers import clean_env, offline_runs, read_offline_run, run_cli
 
-from trainjob import data, train, watch
+from trainjob import cuda_graphs, data, train, watch
 from trainjob.model import ConvNet
+from trainjob.step import accumulate, train_step
 from trainjob.train import LoopConfig, Progress, make_optimizer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -201,7 +202,7 @@ def _train_watched(split: data.Split, device: torch.device, graphs: bool, freq: 
 
 
 class EagerReplay:
-    """A CPU stand-in for ``train.GraphedStep``: one eager step per call with the watcher's
+    """A CPU stand-in for ``cuda_graphs.GraphedStep``: one eager step per call with the watcher's
     hooks off, as in a replay, and the step's gradient tensors in ``grads``."""
 
     watcher: watch.Watcher
@@ -214,8 +215,8 @@ class EagerReplay:
     def __call__(self, idx: torch.Tensor) -> torch.Tensor:
         model = self.args[0]
         with self.watcher.paused():
-            loss = train.train_step(*self.args, idx, self.cfg)
-        train._accumulate(loss, self.nonfinite, self.loss_sum)
+            loss = train_step(*self.args, idx, self.cfg)
+        accumulate(loss, self.nonfinite, self.loss_sum)
         self.grads = [p.grad for p in model.parameters()]
         return loss
 
@@ -242,12 +243,12 @@ def test_graph_path_gives_the_hooks_histograms_on_the_cpu(
         original(self)
 
     monkeypatch.setattr(watch.Watcher, "start", remember)
-    monkeypatch.setattr(train, "graphs_available", lambda device: True)
-    monkeypatch.setattr(train, "GraphedStep", stand_in)
+    monkeypatch.setattr(cuda_graphs, "graphs_available", lambda device: True)
+    monkeypatch.setattr(cuda_graphs, "GraphedStep", stand_in)
     # A CPU Adam with capturable=True and a tensor lr rounds differently: keep the eager form,
     # so that the two runs train identically and only the watcher's path differs.
-    eager_form = train._set_optimizer_form
-    monkeypatch.setattr(train, "_set_optimizer_form", lambda o, g, d: eager_form(o, False, d))
+    eager_form = cuda_graphs.set_optimizer_form
+    monkeypatch.setattr(cuda_graphs, "set_optimizer_form", lambda o, g, d: eager_form(o, False, d))
     graphed, graphed_watcher = _train_watched(split, torch.device("cpu"), graphs=True)
     assert eager and graphed == eager
     # 16 steps, rows after steps 5, 10 and 15, firings at steps 3, 6, 9, 12 and 15 (one

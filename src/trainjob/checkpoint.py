@@ -164,31 +164,16 @@ def _as_python_state(value: Any) -> Any:
     return tuple(_as_python_state(v) for v in value) if isinstance(value, list) else value
 
 
-class Checkpointer(Hooks):
-    """The loop's hooks: periodic, epoch-end and on-signal checkpoints."""
+class Signals:
+    """SIGTERM / SIGINT / SIGUSR1 as a flag: the handler only records the signal; the loop's
+    hooks (``Checkpointer``) read it between steps. Installed on its own, before the W&B run
+    exists, so that a signal during setup is kept too."""
 
-    def __init__(
-        self,
-        directory: Path,
-        model: torch.nn.Module,
-        optimizer: torch.optim.Optimizer,
-        every_steps: int = 0,
-        every_s: float = 0.0,
-        meta: dict[str, Any] | None = None,
-    ) -> None:
-        self.directory = directory
-        self.model = model
-        self.optimizer = optimizer
-        self.every_steps = every_steps
-        self.every_s = every_s
-        self.meta = dict(meta or {})  # fixed entries: the W&B run id, the config
-        self.extra: Callable[[], dict[str, Any]] | None = None  # entries read at each save
+    def __init__(self) -> None:
         self.signal: int | None = None
         self.done = False  # training and evaluation are over: a signal no longer stops the job
-        self._last_save = time.monotonic()
         self._previous_handlers: dict[int, Any] = {}
 
-    # --- signals -----------------------------------------------------------------------------
     def install(self) -> None:
         for sig in HANDLED_SIGNALS:
             self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
@@ -210,6 +195,57 @@ class Checkpointer(Hooks):
             print(
                 f"trainjob: got {signal.Signals(signum).name}; {what}", file=sys.stderr, flush=True
             )
+
+
+def restore(
+    state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
+) -> Progress:
+    """Model and optimizer from ``state``; returns the saved ``Progress``. The RNG is restored
+    separately, by ``restore_rng(state["rng"])`` right before the loop, so that nothing run
+    during setup (W&B, the data loader) can consume random numbers in between."""
+    getattr(model, "_orig_mod", model).load_state_dict(state["model"])
+    optimizer.load_state_dict(state["optimizer"])
+    return Progress(**state["progress"])
+
+
+class Checkpointer(Hooks):
+    """The loop's hooks: periodic, epoch-end and on-signal checkpoints.
+
+    ``meta`` holds fixed entries of every checkpoint (the W&B run id, the config); ``extra``
+    is called at each save for entries that change (the last history rows). ``signals`` is the
+    flag the hooks read; a job installs it before building this (``Signals``)."""
+
+    def __init__(
+        self,
+        directory: Path,
+        model: torch.nn.Module,
+        optimizer: torch.optim.Optimizer,
+        every_steps: int = 0,
+        every_s: float = 0.0,
+        meta: dict[str, Any] | None = None,
+        extra: Callable[[], dict[str, Any]] | None = None,
+        signals: Signals | None = None,
+    ) -> None:
+        self.directory = directory
+        self.model = model
+        self.optimizer = optimizer
+        self.every_steps = every_steps
+        self.every_s = every_s
+        self.meta = dict(meta or {})
+        self.extra = extra
+        self.signals = signals if signals is not None else Signals()
+        self._last_save = time.monotonic()
+
+    # --- signals -----------------------------------------------------------------------------
+    @property
+    def signal(self) -> int | None:
+        return self.signals.signal
+
+    def install(self) -> None:
+        self.signals.install()
+
+    def uninstall(self) -> None:
+        self.signals.uninstall()
 
     # --- hooks ---------------------------------------------------------------------------------
     def stop_if_signalled(self, progress: Progress) -> None:
@@ -234,7 +270,7 @@ class Checkpointer(Hooks):
         """Training and evaluation are over. The handlers stay installed (a signal must not
         kill W&B's finish halfway), but from here a signal only lets the job complete:
         stopping now would throw away a finished training for a rerun of the evaluation."""
-        self.done = True
+        self.signals.done = True
 
     def during_eval(self, progress: Progress) -> None:
         # Training is over and its final state is already saved (after_epoch, or the checkpoint
@@ -280,10 +316,5 @@ class Checkpointer(Hooks):
         return path
 
     def restore(self, state: dict[str, Any]) -> Progress:
-        """Model and optimizer from ``state``; the RNG is restored separately, by
-        ``restore_rng(state["rng"])`` right before the loop, so that nothing run during setup
-        (W&B, the data loader) can consume random numbers in between."""
-        model = getattr(self.model, "_orig_mod", self.model)
-        model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        return Progress(**state["progress"])
+        """Model and optimizer from ``state`` (``restore``)."""
+        return restore(state, self.model, self.optimizer)

@@ -10,12 +10,24 @@ import os
 import shutil
 import sys
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError, ExitCode, Preempted, StorageError, TrainjobError, TrialStopped
 from .settings import Settings, env_name
 from .wandb_env import resolve_mode
+
+if TYPE_CHECKING:  # the heavy imports (torch, wandb) stay inside the phases that need them
+    import torch
+
+    from .checkpoint import Checkpointer, Signals
+    from .data import Data
+    from .resume import History
+    from .stopping import StopRequest
+    from .tracking import Tracker
+    from .train import LoopStats, Progress
+    from .watch import Watcher
 
 
 def check_writable(dirs: dict[str, Path]) -> None:
@@ -106,7 +118,9 @@ def read_run_record(path: Path) -> dict[str, Any]:
     return record if isinstance(record, dict) else {}
 
 
-def write_run_record(settings: Settings, tracker: Any, exit_code: int, summary: dict) -> None:
+def write_run_record(
+    settings: Settings, tracker: Tracker, exit_code: int, summary: dict[str, Any]
+) -> None:
     """``<output_dir>/run.json``: how the job ended, its W&B run folder and its summary. Offline
     sweeps read trial results back from it (sweep_local.py). Best effort: never masks an error."""
     record = {
@@ -140,20 +154,107 @@ def point_latest(link: Path, target: Path) -> None:
     os.replace(tmp, link)
 
 
-def run(settings: Settings) -> int:
-    import torch
+@dataclass
+class _Built:
+    """What the job trains: the device, the data, the model and its optimizer."""
 
-    from . import checkpoint, data, export, resume, runtime, stopping, tracking
-    from .model import ConvNet
-    from .progress import display
-    from .train import LoopConfig, LoopStats, Progress, evaluate, make_optimizer, train
-    from .watch import Watcher
+    device: torch.device
+    threads: int
+    dataset: Data
+    model: torch.nn.Module
+    criterion: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+
+
+@dataclass
+class _Started:
+    """A job ready to train: where it starts from and where it logs to."""
+
+    state: dict[str, Any] | None  # the checkpoint resumed from, None for a new run
+    progress: Progress
+    tracker: Tracker
+    history: History
+    watcher: Watcher | None
+    # The sweep metric's per-epoch values (stopping.EpochEnd's list, filled while training).
+    epoch_values: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Result:
+    accuracy: float
+    samples_per_s: float
+    model_path: Path
+
+
+def run(settings: Settings) -> int:
+    """One job, in five phases: preflight, build, resume-or-start, train-and-export, finish."""
+    from . import checkpoint, stopping
 
     started = time.perf_counter()
+    ckpt_dir, wandb_mode = _preflight(settings)
+    built = _build(settings)
+    signals = checkpoint.Signals()
+    signals.install()  # from here on SIGTERM means "checkpoint and exit 143", not "die"
+    stop = stopping.StopRequest()  # a sweep's stop: end after this step, exit 6, no checkpoint
+    stop.install()
+    job = _resume_or_start(settings, built, ckpt_dir, wandb_mode, signals, stop)
+    saver = checkpoint.Checkpointer(
+        ckpt_dir,
+        built.model,
+        built.optimizer,
+        every_steps=settings.checkpoint_every_steps,
+        every_s=settings.checkpoint_every_s,
+        meta={"run_id": job.tracker.run_id, "config": settings.run_config()},
+        extra=lambda: {"history": list(job.history.rows)},
+        signals=signals,
+    )
+    exit_code = ExitCode.CRASHED
+    summary: dict[str, Any] = {}
+    try:
+        result, summary, stats = _train_and_export(settings, built, job, saver, stop)
+        exit_code = ExitCode.OK
+    except TrainjobError as exc:
+        exit_code = exc.exit_code
+        summary = _failed(exc, job, ckpt_dir)
+        raise
+    finally:
+        _finish(settings, job.tracker, exit_code, summary, saver, stop)
+
+    # A finished job leaves no checkpoint behind, so running the command again starts a new run
+    # instead of "resuming" a completed one. Only now: a job killed before its run was finished
+    # resumes from the last checkpoint and finishes it.
+    _remove_checkpoints(ckpt_dir)
+
+    wall = time.perf_counter() - started
+    print(
+        f"trainjob: done. test_accuracy={result.accuracy:.4f}  "
+        f"samples/s={result.samples_per_s:,.0f}  "
+        f"steady_samples/s={stats.steady_samples_per_s():.0f}  wall={wall:.1f}s\n"
+        f"  run:   {job.tracker.run_dir or '(tracking disabled)'}\n"
+        f"  model: {result.model_path.resolve()}"
+    )
+    return int(ExitCode.OK)
+
+
+def _preflight(settings: Settings) -> tuple[Path, str]:
+    """Everything that can fail before any data is touched: the W&B mode, the folders the job
+    writes to, the W&B key. Returns the checkpoint folder and the W&B mode to run in."""
+    from . import tracking
+
     resolve_mode()  # a bad WANDB_MODE fails here, before any data is touched
     ckpt_dir = job_checkpoint_dir(settings)
     check_writable(writable_dirs(settings, ckpt_dir))
     wandb_mode = tracking.choose_mode(settings)  # bad key: exit 2 here; no server: offline
+    return ckpt_dir, wandb_mode
+
+
+def _build(settings: Settings) -> _Built:
+    """The device, the data on it, the seeded model, its loss and its optimizer."""
+    import torch
+
+    from . import data, runtime
+    from .model import ConvNet
+    from .train import make_optimizer
 
     device = runtime.select_device(settings.device)
     threads = runtime.configure(settings.threads, device)
@@ -174,52 +275,58 @@ def run(settings: Settings) -> int:
         model = model.to(memory_format=torch.channels_last)
     criterion = torch.nn.CrossEntropyLoss()
     optimizer = make_optimizer(model, settings.learning_rate)
+    return _Built(device, threads, dataset, model, criterion, optimizer)
 
-    saver = checkpoint.Checkpointer(
-        ckpt_dir,
-        model,
-        optimizer,
-        every_steps=settings.checkpoint_every_steps,
-        every_s=settings.checkpoint_every_s,
-    )
-    saver.install()  # from here on SIGTERM means "checkpoint and exit 143", not "die"
-    stop = stopping.StopRequest()  # a sweep's stop: end after this step, exit 6, no checkpoint
-    stop.install()
+
+def _resume_or_start(
+    settings: Settings,
+    built: _Built,
+    ckpt_dir: Path,
+    wandb_mode: str,
+    signals: Signals,
+    stop: StopRequest,
+) -> _Started:
+    """Restore the latest checkpoint (if any), refuse a finished run id, start the W&B run and
+    continue its history where the interrupted process left it."""
+    from . import checkpoint, resume, runtime, tracking
+    from .train import Progress
+    from .watch import Watcher
+
     progress = Progress()
     state = checkpoint.load_latest(ckpt_dir)
     if state is not None:
         _check_resumable(state, settings)
-        progress = saver.restore(state)
+        progress = checkpoint.restore(state, built.model, built.optimizer)
         print(f"trainjob: resuming from {state['path']} at step {progress.step}", file=sys.stderr)
     run_id = (state or {}).get("run_id") or settings.run_id
     if run_id and not os.environ.get("WANDB_SWEEP_ID"):  # in a sweep the agent owns the id
         refuse_finished(settings, run_id, wandb_mode, from_checkpoint=state is not None)
-    if saver.signal is not None:  # stopped during setup: exit before creating a W&B run
+    if signals.signal is not None:  # stopped during setup: exit before creating a W&B run
         raise Preempted("stopped by a signal before training started; rerun the same command")
 
+    model = built.model
     extra = {
-        "data": dataset.metadata(),
+        "data": built.dataset.metadata(),
         "model": {"parameters": sum(p.numel() for p in model.parameters())},
-        "env": runtime.environment(device, threads),
+        "env": runtime.environment(built.device, built.threads),
     }
     print(f"trainjob: {json.dumps(extra['env'])}", file=sys.stderr)
     tracker = tracking.start(
         settings, extra, run_id=run_id, mode=wandb_mode, on_stop=stop.from_wandb
     )
-    saver.meta = {"run_id": tracker.run_id, "config": settings.run_config()}
-    # Resuming into a run whose history already has rows: log only the steps after them, and
-    # watch from the first new row on (see resume.py).
-    history = resume.History(tracker, resume.history_floor(tracker))
-    saver.extra = lambda: {"history": list(history.rows)}
     watcher = None
     if settings.watcher == "trainjob" and settings.watch_log != "none" and tracker.enabled:
         watcher = Watcher(model, settings.watch_log, settings.watch_freq)
-    if history.floor < 0:
-        tracker.watch(model, criterion, settings.watch_log, settings.watch_freq, watcher)
-    else:
-        history.on_first_row = lambda: tracker.watch(
-            model, criterion, settings.watch_log, settings.watch_freq, watcher
-        )
+
+    def watch() -> None:
+        tracker.watch(model, built.criterion, settings.watch_log, settings.watch_freq, watcher)
+
+    # Resuming into a run whose history already has rows: log only the steps after them, and
+    # watch from the first new row on (see resume.py).
+    floor = resume.history_floor(tracker)
+    if floor < 0:
+        watch()
+    history = resume.History(tracker, floor, on_first_row=watch if floor >= 0 else None)
     if state is not None:
         # Rows the interrupted process logged before its checkpoint but that never reached the
         # W&B file or server (SIGKILL) are logged again, with their original values.
@@ -229,7 +336,22 @@ def run(settings: Settings) -> int:
             f"trainjob: W&B history {held}; {replayed} row(s) logged again from the checkpoint",
             file=sys.stderr,
         )
+    return _Started(state, progress, tracker, history, watcher)
 
+
+def _train_and_export(
+    settings: Settings, built: _Built, job: _Started, saver: Checkpointer, stop: StopRequest
+) -> tuple[_Result, dict[str, Any], LoopStats]:
+    """Train, evaluate, export to ONNX and check it, record the summary and save the model.
+    Returns the result, the summary and the loop's timing."""
+    import torch
+
+    from . import checkpoint, data, export, stopping
+    from .progress import display
+    from .train import LoopConfig, LoopStats, evaluate, train
+
+    model, dataset, tracker, history = built.model, built.dataset, job.tracker, job.history
+    progress = job.progress
     train_model = torch.compile(model) if settings.compile else model
     cfg = LoopConfig(
         epochs=settings.epochs,
@@ -253,111 +375,111 @@ def run(settings: Settings) -> int:
         settings.output_dir,
         progress,
     )
-    exit_code = ExitCode.CRASHED
-    summary: dict[str, Any] = {}
-    try:
-        saver.stop_if_signalled(progress)
-        if state is not None:
-            checkpoint.restore_rng(state["rng"])  # last, so that nothing in setup draws from it
-        train_start = time.perf_counter()
-        start_examples = progress.examples_seen
-        stats = LoopStats()
-        progress = train(
-            train_model,
-            optimizer,
-            criterion,
-            dataset.train,
-            cfg,
-            history,
-            progress,
-            hooks,
-            display(progress, settings.epochs, settings.progress, settings.progress_every_s),
-            stats,
-            watcher,
-        )
-        train_s = time.perf_counter() - train_start
-        accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, hooks, progress)
-        hooks.record(accuracy)
-        saver.finishing()  # a signal from here on: the job completes (exit 0)
-        # A row of its own after the last training row (which may sit at examples_seen): a job
-        # resumed during evaluation must not write to a step the history already has.
-        history.log({"test_accuracy": accuracy}, step=progress.examples_seen + 1)
-        samples_per_s = (progress.examples_seen - start_examples) / max(train_s, 1e-9)
+    job.epoch_values = hooks.values  # for the summary of a trial stopped while training
+    saver.stop_if_signalled(progress)
+    if job.state is not None:
+        checkpoint.restore_rng(job.state["rng"])  # last, so that nothing in setup draws from it
+    train_start = time.perf_counter()
+    start_examples = progress.examples_seen
+    stats = LoopStats()
+    progress = train(
+        train_model,
+        built.optimizer,
+        built.criterion,
+        dataset.train,
+        cfg,
+        history,
+        progress,
+        hooks=hooks,
+        bar=display(progress, settings.epochs, settings.progress, settings.progress_every_s),
+        stats=stats,
+        watcher=job.watcher,
+    )
+    train_s = time.perf_counter() - train_start
+    accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, hooks, progress)
+    hooks.record(accuracy)
+    saver.finishing()  # a signal from here on: the job completes (exit 0)
+    # A row of its own after the last training row (which may sit at examples_seen): a job
+    # resumed during evaluation must not write to a step the history already has.
+    history.log({"test_accuracy": accuracy}, step=progress.examples_seen + 1)
+    samples_per_s = (progress.examples_seen - start_examples) / max(train_s, 1e-9)
 
-        # One folder per run: a later job (another run id) never overwrites this model.
-        model_path = settings.output_dir / tracker.run_id / "model.onnx"
-        sample = data.to_float(dataset.test.images[:16])
-        export.export_onnx(model, sample, model_path, settings.onnx_exporter)
-        try:
-            point_latest(settings.output_dir / "model.onnx", model_path)
-        except OSError as exc:
-            raise StorageError(
-                f"could not write {settings.output_dir / 'model.onnx'}: {exc.strerror or exc}; "
-                f"the model itself is complete in {model_path}"
-            ) from None
-        diff = export.check_onnx(model, model_path, data.to_float(dataset.test.images[:37]))
-        summary = {
-            "test_accuracy": accuracy,
-            "perf/samples_per_s": samples_per_s,
-            "perf/train_s": train_s,
-            "perf/steady_samples_per_s": stats.steady_samples_per_s(),
-            # steps that met a new batch shape; with compile on, that is the compile time
-            f"perf/{'compile' if settings.compile else 'warmup'}_s": stats.warmup_s,
-            "onnx/max_abs_diff": diff,
-            "examples_seen": progress.examples_seen,
-            "weights_sha256": checkpoint.weights_sha256(model),
-        }
-        tracker.summary(summary)
-        tracker.save_model(model_path, {"test_accuracy": accuracy, **settings.run_config()})
-        exit_code = ExitCode.OK
-    except TrialStopped as exc:
-        exit_code = ExitCode.STOPPED
+    # One folder per run: a later job (another run id) never overwrites this model.
+    model_path = settings.output_dir / tracker.run_id / "model.onnx"
+    sample = data.to_float(dataset.test.images[:16])
+    export.export_onnx(model, sample, model_path, settings.onnx_exporter)
+    try:
+        point_latest(settings.output_dir / "model.onnx", model_path)
+    except OSError as exc:
+        raise StorageError(
+            f"could not write {settings.output_dir / 'model.onnx'}: {exc.strerror or exc}; "
+            f"the model itself is complete in {model_path}"
+        ) from None
+    diff = export.check_onnx(model, model_path, data.to_float(dataset.test.images[:37]))
+    summary = {
+        "test_accuracy": accuracy,
+        "perf/samples_per_s": samples_per_s,
+        "perf/train_s": train_s,
+        "perf/steady_samples_per_s": stats.steady_samples_per_s(),
+        # steps that met a new batch shape; with compile on, that is the compile time
+        f"perf/{'compile' if settings.compile else 'warmup'}_s": stats.warmup_s,
+        "onnx/max_abs_diff": diff,
+        "examples_seen": progress.examples_seen,
+        "weights_sha256": checkpoint.weights_sha256(model),
+    }
+    tracker.summary(summary)
+    tracker.save_model(model_path, {"test_accuracy": accuracy, **settings.run_config()})
+    return _Result(accuracy, samples_per_s, model_path), summary, stats
+
+
+def _failed(exc: TrainjobError, job: _Started, ckpt_dir: Path) -> dict[str, Any]:
+    """How a job that raised ends: its summary, and which checkpoints go."""
+    from . import stopping
+
+    summary: dict[str, Any] = {}
+    if isinstance(exc, TrialStopped):
         # Recorded as stopped in the run and in run.json; the metric's last per-epoch value is
         # the run's summary value, as W&B keeps the last logged one.
         summary = {"stopped": str(exc)}
-        if hooks.values:
-            summary[stopping.PER_EPOCH_METRICS[0]] = hooks.values[-1]
-        tracker.summary({"stopped": str(exc)})
+        if job.epoch_values:
+            summary[stopping.PER_EPOCH_METRICS[0]] = job.epoch_values[-1]
+        job.tracker.summary({"stopped": str(exc)})
         # Nothing will resume a stopped trial: its checkpoints would only be left behind.
-        for path in checkpoint.checkpoints(ckpt_dir):
-            path.unlink(missing_ok=True)
-        raise
-    except Preempted:
-        exit_code = ExitCode.PREEMPTED
-        if tracker.enabled:
-            tracker.run.mark_preempting()
-        raise
-    except TrainjobError as exc:
-        exit_code = exc.exit_code
-        if exit_code == ExitCode.DIVERGED:
-            # Resuming a diverged run diverges again: its checkpoints would only stand in the
-            # way of a rerun with a lower learning rate (a settings change refuses to resume).
-            for path in checkpoint.checkpoints(ckpt_dir):
-                path.unlink(missing_ok=True)
-        raise
-    finally:
-        # Handlers stay installed through finish: a SIGTERM after training only sets the flag
-        # and the job completes (exit 0) instead of dying halfway through W&B's finish.
-        tracker.finish(exit_code=int(exit_code))
-        write_run_record(settings, tracker, int(exit_code), summary)
-        saver.uninstall()
-        stop.uninstall()
-        # A resumed offline run is split over one folder per process: upload them together.
-        command = resume.sync_command(tracker) or tracker.sync_command()
-        if command:
-            print(f"trainjob: run saved locally; upload it with: {command}")
+        _remove_checkpoints(ckpt_dir)
+    elif isinstance(exc, Preempted):
+        job.tracker.mark_preempting()
+    elif exc.exit_code == ExitCode.DIVERGED:
+        # Resuming a diverged run diverges again: its checkpoints would only stand in the
+        # way of a rerun with a lower learning rate (a settings change refuses to resume).
+        _remove_checkpoints(ckpt_dir)
+    return summary
 
-    # A finished job leaves no checkpoint behind, so running the command again starts a new run
-    # instead of "resuming" a completed one. Only now: a job killed before its run was finished
-    # resumes from the last checkpoint and finishes it.
+
+def _finish(
+    settings: Settings,
+    tracker: Tracker,
+    exit_code: int,
+    summary: dict[str, Any],
+    saver: Checkpointer,
+    stop: StopRequest,
+) -> None:
+    """Close the W&B run and write run.json, whatever happened."""
+    from . import resume
+
+    # Handlers stay installed through finish: a SIGTERM after training only sets the flag
+    # and the job completes (exit 0) instead of dying halfway through W&B's finish.
+    tracker.finish(exit_code=int(exit_code))
+    write_run_record(settings, tracker, int(exit_code), summary)
+    saver.uninstall()
+    stop.uninstall()
+    # A resumed offline run is split over one folder per process: upload them together.
+    command = resume.sync_command(tracker) or tracker.sync_command()
+    if command:
+        print(f"trainjob: run saved locally; upload it with: {command}")
+
+
+def _remove_checkpoints(ckpt_dir: Path) -> None:
+    from . import checkpoint
+
     for path in checkpoint.checkpoints(ckpt_dir):
         path.unlink(missing_ok=True)
-
-    wall = time.perf_counter() - started
-    print(
-        f"trainjob: done. test_accuracy={accuracy:.4f}  samples/s={samples_per_s:,.0f}  "
-        f"steady_samples/s={stats.steady_samples_per_s():.0f}  wall={wall:.1f}s\n"
-        f"  run:   {tracker.run_dir or '(tracking disabled)'}\n"
-        f"  model: {model_path.resolve()}"
-    )
-    return int(ExitCode.OK)

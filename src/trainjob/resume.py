@@ -6,8 +6,8 @@ logged again: W&B's history is indexed by step, and a step can only be written o
 training, the job finds the highest step the run's history already holds (its *floor*) and
 ``History`` drops every row at or below it. The floor comes from where the history really is:
 
-- online: ``run.starting_step - 1``, the server's view of the resumed run (the server rejects
-  lower steps anyway);
+- online: ``Tracker.starting_step - 1`` (wandb's ``run.starting_step``), the server's view of
+  the resumed run (the server rejects lower steps anyway);
 - offline: the history rows in this run's earlier ``.wandb`` transaction logs beside the current
   one (``wandb/offline-run-*-<id>``, one folder per process: wandb 0.31 never appends to an
   existing one). This also covers SIGKILL: whatever the killed process got into its file is
@@ -47,15 +47,19 @@ KEEP_ROWS = 1000
 
 
 class History:
-    """The tracker the loop logs to: passes rows above ``floor`` on, drops the others, and keeps
-    the last ``KEEP_ROWS`` rows for the checkpoint (``rows``)."""
+    """What the loop logs to (train.py's ``HistoryLog``): passes rows above ``floor`` on to the
+    ``tracker`` (tracking.Tracker), drops the others, and keeps the last ``KEEP_ROWS`` rows for
+    the checkpoint (``rows``)."""
 
-    def __init__(self, tracker: Any, floor: int = -1) -> None:
+    def __init__(
+        self, tracker: Any, floor: int = -1, on_first_row: Callable[[], None] | None = None
+    ) -> None:
         self.tracker = tracker
         self.floor = floor
         self.skipped = 0
         self.rows: deque[tuple[int, dict[str, float | int]]] = deque(maxlen=KEEP_ROWS)
-        self.on_first_row: Callable[[], None] | None = None
+        # Called once, after the first row that really reaches the tracker.
+        self.on_first_row = on_first_row
 
     def replay(self, rows: Iterable[tuple[int, Mapping[str, float | int]]]) -> int:
         """Log a checkpoint's rows again; returns how many were missing from the history."""
@@ -81,7 +85,7 @@ def history_floor(tracker: Any) -> int:
     if getattr(tracker, "mode", "disabled") == "disabled":
         return -1
     if tracker.mode == "online":
-        return int(getattr(tracker.run, "starting_step", 0) or 0) - 1
+        return int(tracker.starting_step) - 1
     floor = -1
     for path in earlier_transaction_logs(Path(tracker.run_dir), tracker.run_id):
         step = last_history_step(path)

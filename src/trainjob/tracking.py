@@ -34,7 +34,8 @@ from .watch import HostHistogram, Watcher
 
 
 class Tracker:
-    """The small interface the rest of trainjob sees: log, watch, summary, model, finish."""
+    """The W&B run behind the small interface the rest of trainjob sees: log, watch, summary,
+    model, preemption, finish. Nothing outside this module reaches through to ``run``."""
 
     def __init__(
         self, run: Any, mode: str, finish_timeout: float = 0.0, server_timeout: float = 15.0
@@ -47,7 +48,7 @@ class Tracker:
         self.watcher: Watcher | None = None
         # The step of the history row W&B keeps open: a row stays open until a higher step is
         # logged (or the run finishes), and run.watch's commit=False histograms join it.
-        self.open_step = int(getattr(run, "starting_step", 0) or 0)
+        self.open_step = self.starting_step
 
     @property
     def enabled(self) -> bool:
@@ -56,6 +57,11 @@ class Tracker:
     @property
     def run_id(self) -> str:
         return str(self.run.id)
+
+    @property
+    def starting_step(self) -> int:
+        """The first step a resumed online run may log (the server's view); 0 for a new run."""
+        return int(getattr(self.run, "starting_step", 0) or 0)
 
     @property
     def run_dir(self) -> Path | None:
@@ -152,6 +158,11 @@ class Tracker:
             file=sys.stderr,
             flush=True,
         )
+
+    def mark_preempting(self) -> None:
+        """Tell W&B the run was preempted, so that a sweep requeues it (no-op when disabled)."""
+        if self.enabled:
+            self.run.mark_preempting()
 
     def finish(self, exit_code: int = 0) -> None:
         """Finish the run, recording ``exit_code`` (non-zero: W&B marks the run failed).

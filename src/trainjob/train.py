@@ -1,4 +1,5 @@
-"""The training loop: pure PyTorch, no W&B import; the tracker and hooks are passed in.
+"""The training loop: pure PyTorch, no W&B import; where it logs (``history``) and its hooks
+are passed in.
 
 One flat loop in a fixed order (nanoGPT's ``train.py``): forward -> loss -> backward -> step ->
 ``zero_grad(set_to_none=True)`` -> log at intervals. The host/device sync points are named in
@@ -11,7 +12,6 @@ host with the log rows, and a checkpoint save syncs.
 
 from __future__ import annotations
 
-import contextlib
 import math
 import time
 from collections.abc import Callable, Mapping
@@ -21,14 +21,19 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from .data import Split, to_float
+from . import cuda_graphs
+from .data import Split
 from .errors import DivergedError
+from .step import accumulate, autocast, prepare, train_step
 from .watch import Watcher
 
 EVAL_BATCH = 1000  # evaluation batch: large (no grads), and fixed so accuracy is reproducible
 
 
-class Tracker(Protocol):
+class HistoryLog(Protocol):
+    """Where the loop's rows go: a job's ``resume.History`` (in front of the W&B run), or any
+    object with this method."""
+
     def log(self, metrics: Mapping[str, float | int], step: int) -> None: ...
 
 
@@ -139,134 +144,6 @@ def epoch_order(n: int, seed: int, epoch: int, device: torch.device) -> torch.Te
     return torch.randperm(n, generator=generator, device=device)
 
 
-def _autocast(
-    device: torch.device, bf16: bool, cache: bool = True
-) -> contextlib.AbstractContextManager[object]:
-    if bf16 and device.type in ("cuda", "cpu"):
-        # Inside a CUDA graph capture the autocast weight cache must be off: cached casts would
-        # be made once at capture and never again, while the weights change every replay.
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16, cache_enabled=cache)
-    return contextlib.nullcontext()
-
-
-def _prepare(images: torch.Tensor, channels_last: bool) -> torch.Tensor:
-    x = to_float(images)  # uint8 -> float on the device, per batch
-    return x.contiguous(memory_format=torch.channels_last) if channels_last else x
-
-
-def train_step(
-    model: nn.Module,
-    optimizer: torch.optim.Optimizer,
-    criterion: nn.Module,
-    data: Split,
-    idx: torch.Tensor,
-    cfg: LoopConfig,
-    autocast_cache: bool = True,
-) -> torch.Tensor:
-    """One optimizer step on the examples ``idx`` (gather, uint8 -> float, forward, loss,
-    backward, Adam): what the eager loop runs and what a CUDA graph records. Returns the loss
-    detached, so that nothing keeps the step's autograd graph alive."""
-    x = _prepare(data.images[idx], cfg.channels_last)
-    with _autocast(data.images.device, cfg.bf16, autocast_cache):
-        loss = criterion(model(x), data.labels[idx])
-    loss.backward()
-    optimizer.step()
-    return loss.detach()
-
-
-def _accumulate(loss: torch.Tensor, nonfinite: torch.Tensor, loss_sum: torch.Tensor) -> None:
-    """The step's device-side bookkeeping (no sync): the divergence flag and loss_mean's sum."""
-    nonfinite.logical_or_(~torch.isfinite(loss))
-    loss_sum.add_(loss.float())
-
-
-def _set_optimizer_form(
-    optimizer: torch.optim.Optimizer, graphs: bool, device: torch.device
-) -> None:
-    """Adam's groups as this loop's steps need them: for CUDA graphs capturable (its step count
-    stays on the device) with the learning rate in a device tensor the graph reads; otherwise a
-    float lr (a CPU refuses capturable). Both ways, because ``load_state_dict`` brings back
-    whatever form the checkpoint was written in."""
-    for group in optimizer.param_groups:
-        lr = float(group["lr"])
-        group["capturable"] = graphs
-        group["lr"] = torch.tensor(lr, dtype=torch.float32, device=device) if graphs else lr
-
-
-class GraphedStep:
-    """One full-batch optimizer step (gather, uint8 -> float, forward, loss, backward, Adam)
-    recorded once as a CUDA graph and then replayed: one launch per step instead of ~40. On a GPU
-    this small net is bound by launch and Python overhead, not by arithmetic (bench/gpu.py).
-
-    The graph reads the batch's indices from ``self.idx`` and the learning rate from a device
-    tensor (``_set_optimizer_form``), so neither needs a new capture. Adam creates its state in
-    its first step, so a few warm-up steps run before the capture (also letting cuDNN
-    autotune); the weights and the optimizer state are then put back in place (the graph holds
-    their addresses), so a graphed run computes what an eager one does. Python hooks (W&B's
-    run.watch) do not run inside a replay: ``grads`` keeps the gradient buffers the graph
-    writes, and the loop hands them to trainjob's watcher after each replay.
-    """
-
-    WARMUP_STEPS = 3
-
-    def __init__(
-        self,
-        model: nn.Module,
-        optimizer: torch.optim.Optimizer,
-        criterion: nn.Module,
-        data: Split,
-        first_idx: torch.Tensor,
-        cfg: LoopConfig,
-        nonfinite: torch.Tensor,
-        loss_sum: torch.Tensor,
-    ) -> None:
-        device = data.images.device
-        self.idx = first_idx.clone()
-
-        def step() -> torch.Tensor:
-            return train_step(model, optimizer, criterion, data, self.idx, cfg, False)
-
-        params = list(model.state_dict().values())
-        saved_params = [t.detach().clone() for t in params]
-        saved_state = {
-            p: {k: v.detach().clone() for k, v in st.items() if isinstance(v, torch.Tensor)}
-            for p, st in optimizer.state.items()
-        }
-        side = torch.cuda.Stream(device)
-        side.wait_stream(torch.cuda.current_stream(device))
-        with torch.cuda.stream(side):
-            for _ in range(self.WARMUP_STEPS):
-                step()
-                optimizer.zero_grad(set_to_none=True)
-        torch.cuda.current_stream(device).wait_stream(side)
-        with torch.no_grad():  # undo the warm-up steps, in place
-            for t, old in zip(params, saved_params, strict=True):
-                t.copy_(old)
-            for p, st in optimizer.state.items():
-                for k, v in st.items():
-                    if isinstance(v, torch.Tensor):
-                        # Adam's fresh state is all zeros (step 0, zero moments)
-                        v.copy_(saved_state[p][k]) if p in saved_state else v.zero_()
-        # Gradients are None here, so the captured backward allocates them in the graph's pool
-        # and each replay writes them afresh instead of accumulating.
-        optimizer.zero_grad(set_to_none=True)
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph):
-            # train_step's loss is detached: the output buffer is all a replay needs; holding
-            # the captured autograd graph would keep its AccumulateGrad nodes (made on the
-            # capture stream) alive for the eager steps, which then synchronize streams and warn.
-            self.loss = step()
-            _accumulate(self.loss, nonfinite, loss_sum)
-        # The graph's own gradient tensors (the loop's zero_grad(set_to_none) only drops the
-        # references in .grad; each replay writes these afresh).
-        self.grads = [p.grad for p in model.parameters() if p.requires_grad]
-
-    def __call__(self, idx: torch.Tensor) -> torch.Tensor:
-        self.idx.copy_(idx)  # device to device, no sync
-        self.graph.replay()
-        return self.loss
-
-
 def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         if isinstance(group["lr"], torch.Tensor):
@@ -281,7 +158,7 @@ def train(
     criterion: nn.Module,
     data: Split,
     cfg: LoopConfig,
-    tracker: Tracker,
+    history: HistoryLog,
     progress: Progress,
     hooks: Hooks | None = None,
     bar: Callable[..., object] | None = None,
@@ -298,13 +175,12 @@ def train(
     n = len(data)
     batches = math.ceil(n / cfg.batch_size)
     peak_lr = float(optimizer.defaults["lr"])
-    graphs = cfg.cuda_graphs and graphs_available(device)
     total_steps = cfg.epochs * batches
-    graphed: GraphedStep | None = None
-    _set_optimizer_form(optimizer, graphs, device)
-    seen_shapes: set[int] = set()
+    graphs = cfg.cuda_graphs and cuda_graphs.graphs_available(device)
+    cuda_graphs.set_optimizer_form(optimizer, graphs, device)
+    clock = _WarmupClock(device, stats)
+    throughput = _Throughput(progress.examples_seen)
     model.train()
-    last_log_time, last_log_examples = time.perf_counter(), progress.examples_seen
     # Divergence: on CPU every step's loss is checked (reading a CPU scalar costs nothing); on
     # CUDA that read would sync every step, so a device-side flag collects non-finite losses
     # and is read at each log interval and epoch end: a NaN stops the run within log_every steps.
@@ -314,6 +190,13 @@ def train(
     # ``progress`` so that a checkpoint carries it and a resumed interval has the same mean.
     loss_sum = torch.tensor(float(progress.loss_sum), dtype=torch.float32, device=device)
     progress.loss_sum = loss_sum
+    replay = (
+        cuda_graphs.GraphReplay(
+            model, optimizer, criterion, data, cfg, nonfinite, loss_sum, watcher
+        )
+        if graphs
+        else None
+    )
     while progress.epoch < cfg.epochs:
         epoch = progress.epoch
         epoch_start, epoch_examples, epoch_warmup = time.perf_counter(), 0, 0.0
@@ -322,63 +205,35 @@ def train(
         for b in range(progress.batch, batches):
             idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
             size = int(idx.shape[0])  # host-side metadata: no sync
-            warmup = size not in seen_shapes  # a new shape: compile / autotune happens here
-            if warmup:
-                _sync(device)  # SYNC POINT: only on warm-up steps (first batch, partial batch)
-                warmup_start = time.perf_counter()
+            clock.start(size)
             if cfg.lr_schedule != "none":
-                lr = learning_rate_at(progress.step, cfg.epochs * batches, peak_lr, cfg.lr_schedule)
+                lr = learning_rate_at(progress.step, total_steps, peak_lr, cfg.lr_schedule)
                 set_learning_rate(optimizer, lr)
             if watcher is not None:
                 watcher.plan(_steps_to_row(progress.step + 1, cfg.log_every, total_steps))
-            if graphs and size == cfg.batch_size:
-                if graphed is None:  # on the first full batch: warm-up steps and the capture
-                    with watcher.paused() if watcher is not None else contextlib.nullcontext():
-                        graphed = GraphedStep(
-                            model, optimizer, criterion, data, idx, cfg, nonfinite, loss_sum
-                        )
-                if watcher is not None and watcher.started:
-                    watcher.forward_event()  # the weights this step's forward reads
-                loss = graphed(idx)  # the divergence flag and loss_sum are updated in the graph
-                if watcher is not None and watcher.started:
-                    watcher.backward_event(graphed.grads)
+
+            # forward -> loss -> backward -> Adam step: eager, or one CUDA graph replay
+            if replay is not None and size == cfg.batch_size:
+                loss = replay(idx)  # the divergence flag and loss_sum are updated in the graph
             else:
                 loss = train_step(model, optimizer, criterion, data, idx, cfg)
-                _accumulate(loss, nonfinite, loss_sum)  # no sync: read at log intervals
+                accumulate(loss, nonfinite, loss_sum)  # no sync: read at log intervals
             # Also after a replay: the graph writes its own gradient buffers whatever .grad
             # holds, and an eager (partial) batch must not accumulate into them.
             optimizer.zero_grad(set_to_none=True)
-            if warmup:
-                _sync(device)  # SYNC POINT: as above
-                seen_shapes.add(size)
-                spent = time.perf_counter() - warmup_start
-                epoch_warmup += spent
-                stats.warmup_s += spent
-                stats.warmup_steps += 1
-            else:
+
+            spent = clock.stop()
+            if spent is None:
                 epoch_examples += size
+            else:
+                epoch_warmup += spent
             progress.batch, progress.step = b + 1, progress.step + 1
             progress.examples_seen += size
             if per_step:
                 _check_finite(loss.item(), progress)  # CPU: not a sync
             if progress.step % cfg.log_every == 0:
-                # SYNC POINT: the only one in steady state, every log_every steps.
-                value, bad, interval_sum = torch.stack(
-                    [loss.float(), nonfinite.float(), loss_sum]
-                ).tolist()
-                loss_sum.zero_()
-                _check_finite(math.nan if bad else value, progress)
-                now = time.perf_counter()
-                rate = (progress.examples_seen - last_log_examples) / max(now - last_log_time, 1e-9)
-                last_log_time, last_log_examples = now, progress.examples_seen
-                tracker.log(
-                    {
-                        "epoch": epoch,
-                        "loss": value,
-                        "train/loss_mean": interval_sum / cfg.log_every,
-                        "perf/samples_per_s": rate,
-                    },
-                    step=progress.examples_seen,
+                value, rate = _log_row(
+                    history, epoch, loss, nonfinite, loss_sum, progress, cfg, throughput
                 )
                 if pbar is not None:
                     pbar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
@@ -397,9 +252,73 @@ def train(
     return progress
 
 
-def graphs_available(device: torch.device) -> bool:
-    """CUDA graphs need a CUDA device; on others ``cuda_graphs`` is a no-op."""
-    return device.type == "cuda"
+class _WarmupClock:
+    """Times the warm-up steps: those that meet a batch shape for the first time (first batch,
+    partial batch), where compile and autotune happen; into ``stats``."""
+
+    def __init__(self, device: torch.device, stats: LoopStats) -> None:
+        self.device, self.stats = device, stats
+        self.seen: set[int] = set()
+        self.size: int | None = None
+        self.began = 0.0
+
+    def start(self, size: int) -> None:
+        self.size = None if size in self.seen else size
+        if self.size is not None:
+            _sync(self.device)  # SYNC POINT: only on warm-up steps (first batch, partial batch)
+            self.began = time.perf_counter()
+
+    def stop(self) -> float | None:
+        """Seconds the step took if it was a warm-up step, else None."""
+        if self.size is None:
+            return None
+        _sync(self.device)  # SYNC POINT: as above
+        self.seen.add(self.size)
+        spent = time.perf_counter() - self.began
+        self.stats.warmup_s += spent
+        self.stats.warmup_steps += 1
+        return spent
+
+
+class _Throughput:
+    """Examples per second between two log rows."""
+
+    def __init__(self, examples_seen: int) -> None:
+        self.time, self.examples = time.perf_counter(), examples_seen
+
+    def rate(self, examples_seen: int) -> float:
+        now = time.perf_counter()
+        rate = (examples_seen - self.examples) / max(now - self.time, 1e-9)
+        self.time, self.examples = now, examples_seen
+        return rate
+
+
+def _log_row(
+    history: HistoryLog,
+    epoch: int,
+    loss: torch.Tensor,
+    nonfinite: torch.Tensor,
+    loss_sum: torch.Tensor,
+    progress: Progress,
+    cfg: LoopConfig,
+    throughput: _Throughput,
+) -> tuple[float, float]:
+    """Log one history row (the divergence check first); returns the loss and the rate."""
+    # SYNC POINT: the only one in steady state, every log_every steps.
+    value, bad, interval_sum = torch.stack([loss.float(), nonfinite.float(), loss_sum]).tolist()
+    loss_sum.zero_()
+    _check_finite(math.nan if bad else value, progress)
+    rate = throughput.rate(progress.examples_seen)
+    history.log(
+        {
+            "epoch": epoch,
+            "loss": value,
+            "train/loss_mean": interval_sum / cfg.log_every,
+            "perf/samples_per_s": rate,
+        },
+        step=progress.examples_seen,
+    )
+    return value, rate
 
 
 def _steps_to_row(step: int, log_every: int, total_steps: int) -> int | None:
@@ -430,8 +349,8 @@ def evaluate(
     model.eval()
     correct = torch.zeros((), dtype=torch.int64, device=data.images.device)
     for start in range(0, len(data), EVAL_BATCH):
-        x = _prepare(data.images[start : start + EVAL_BATCH], channels_last)
-        with _autocast(data.images.device, bf16):
+        x = prepare(data.images[start : start + EVAL_BATCH], channels_last)
+        with autocast(data.images.device, bf16):
             logits = model(x)
         correct += (logits.argmax(dim=1) == data.labels[start : start + EVAL_BATCH]).sum()
         if hooks is not None and progress is not None:
