@@ -57,6 +57,7 @@ KNOWN_OPS = {
     "OrganizationCoreWeaveOrganizationID",  # likewise
     "Run",  # wandb.Api().run(path): is this run id finished already?
     "GetDefaultEntity",  # wandb.Api's name for Viewer
+    "RunResumeStatus",  # wandb.init(resume=...): no such run yet on this server
     # sweeps
     "UpsertSweep",
     "CreateAgent",
@@ -121,6 +122,8 @@ def _graphql_answer(
         run.update(tags=[], historyLineCount=0, historyKeys=None)
         run["user"] = {"name": "fake", "username": "fake"}
         return {"project": {"run": run}}
+    if op == "RunResumeStatus":  # the run is new here: nothing to resume
+        return {"model": None}
     if op in ("Viewer", "GetDefaultEntity"):  # wandb-core's and wandb.Api's names for it
         viewer = {"id": "VXNlcjox", "entity": ENTITY, "username": "fake", "email": "f@example.com"}
         return {"viewer": {**viewer, "flags": "{}", "teams": {"edges": []}}}

@@ -210,7 +210,7 @@ def train(
                 lr = learning_rate_at(progress.step, total_steps, peak_lr, cfg.lr_schedule)
                 set_learning_rate(optimizer, lr)
             if watcher is not None:
-                watcher.plan(_steps_to_row(progress.step + 1, cfg.log_every, total_steps))
+                watcher.plan(_steps_to_row(progress.step + 1, cfg.log_every, batches - b - 1))
 
             # forward -> loss -> backward -> Adam step: eager, or one CUDA graph replay
             if replay is not None and size == cfg.batch_size:
@@ -321,10 +321,12 @@ def _log_row(
     return value, rate
 
 
-def _steps_to_row(step: int, log_every: int, total_steps: int) -> int | None:
-    """Training steps after ``step`` until the next one that logs a row; None if none does."""
-    ahead = -step % log_every
-    return ahead if step + ahead <= total_steps else None
+def _steps_to_row(step: int, log_every: int, to_epoch_end: int) -> int:
+    """Training steps after ``step`` until the next history row may be logged: the next
+    ``log_every`` step, or the epoch's end, where a job's hooks log the per-epoch metric (and,
+    after the last epoch, the final evaluation). Where the epoch end logs nothing the watcher
+    only computes a firing that a later one overwrites, never skips one that W&B would keep."""
+    return min(-step % log_every, to_epoch_end)
 
 
 def _check_finite(value: float, progress: Progress) -> None:
