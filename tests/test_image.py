@@ -288,11 +288,6 @@ def test_k8s_train_pod_runs_in_docker_as_it_would_in_the_cluster(
     ckpt = pod.env["TRAINJOB_CHECKPOINT_DIR"]
     assert ckpt == f"/workspace/checkpoints/{uid}"
     assert (files / os.path.relpath(ckpt, "/workspace")).is_dir()
-    # A replacement pod of this Job after it finished (same UID): refused, nothing reopened.
-    again = run([*pod.argv(unique("k8s-again")), "--epochs", "1", *mnist[1]])
-    assert again.returncode == 2, again.stderr[-3000:]
-    assert "already finished" in again.stderr
-    assert len(offline_runs(vol.files(tmp_path / "volume-again"))) == 1
 
 
 # --- (e) an offline sweep in the image ----------------------------------------------------------
