@@ -472,7 +472,7 @@ def watch_cost(repeats: int = 30) -> None:
 # --- where the wall time of one short job goes --------------------------------------------------
 
 PHASES = [  # (module file, function) in trainjob, timed with cProfile's cumulative time
-    ("cli.py", "load_settings", "settings (pydantic)"),
+    ("settings.py", "load_settings", "settings (pydantic)"),
     ("data.py", "load", "data: read + slice"),
     ("tracking.py", "start", "wandb.init (offline)"),
     ("tracking.py", "watch", "run.watch"),

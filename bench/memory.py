@@ -100,8 +100,8 @@ def main() -> None:
     from helpers import write_tiny_mnist
 
     from trainjob import data, tracking
-    from trainjob.cli import load_settings
     from trainjob.model import ConvNet
+    from trainjob.settings import load_settings
     from trainjob.train import LoopConfig, Progress, train
 
     torch.set_num_threads(2)

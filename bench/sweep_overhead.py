@@ -2,7 +2,7 @@
 
     python bench/sweep_overhead.py [--trials 3] [--data DIR]
 
-Each trial is its own process (trials.py). This starts the same trial (`train --epochs 1` on
+Each trial is its own process (sweep/trials.py). This starts the same trial (`train --epochs 1` on
 MNIST with the tutorial's settings, offline W&B run) N times as a cold `python` process (what
 W&B's CLI agent does) and N times forked from trainjob's pre-imported fork server, stops each at
 its first step, and prints the median of each part and the ratio. The fork server's one-time
@@ -34,8 +34,7 @@ PARTS = ("process start", "imports", "settings", "data", "wandb.init", "model, w
 def _instrument(t0: float, marks: dict[str, float]) -> None:
     """Time each stage of the real job by wrapping the functions job.run calls; on entering the
     training loop, write the marks and stop the job (exit 0) without training."""
-    from trainjob import __main__ as entry
-    from trainjob import data, tracking, train
+    from trainjob import data, job, tracking, train
     from trainjob.errors import ExitCode, TrainjobError
 
     class Measured(TrainjobError):
@@ -56,14 +55,14 @@ def _instrument(t0: float, marks: dict[str, float]) -> None:
         Path(os.environ[OUT_ENV]).write_text(json.dumps(marks))
         raise Measured("bench: stopped at the first training step")
 
-    entry.load_settings = timed("settings", entry.load_settings)
+    job.load_settings = timed("settings", job.load_settings)
     data.load = timed("data", data.load)
     tracking.start = timed("wandb.init", tracking.start)
     train.train = first_step  # job.run imports it from trainjob.train at call time
 
 
 def _imports() -> None:
-    from trainjob.trials import PRELOAD
+    from trainjob.sweep.trials import PRELOAD
 
     for name in PRELOAD:
         __import__(name)
@@ -85,7 +84,7 @@ def forked_trial(argv: list[str], env: dict[str, str], argv0: str) -> None:
     marks["imports"] = time.time() - start
     os.environ.update(env)
     _instrument(t0, marks)
-    from trainjob.trials import _trial_main
+    from trainjob.sweep.trials import _trial_main
 
     _trial_main(argv, env, argv0)
 
@@ -128,8 +127,8 @@ def main() -> None:
     if not any(source.glob("*-ubyte*")):
         raise SystemExit(f"no MNIST IDX files in {source}; pass --data DIR")
 
-    from trainjob.sweep import sweep_engine
-    from trainjob.trials import TrialRunner
+    from trainjob.sweep.spec import sweep_engine
+    from trainjob.sweep.trials import TrialRunner
 
     work = Path(tempfile.mkdtemp(prefix="sweep-overhead-"))
     data = work / "data"

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainjob import checkpoint, resume
+from trainjob import checkpoint, history
 from trainjob.errors import Preempted, StorageError
 from trainjob.job import job_checkpoint_dir
 from trainjob.model import ConvNet
@@ -164,16 +164,16 @@ class Recorder:
 
 def test_history_drops_rows_the_run_already_has_and_replays_lost_ones() -> None:
     tracker = Recorder()
-    history = resume.History(tracker, floor=128)
+    rows = history.History(tracker, floor=128)
     watched = []
-    history.on_first_row = lambda: watched.append(len(tracker.rows))
+    rows.on_first_row = lambda: watched.append(len(tracker.rows))
     lost = [(64, {"loss": 1.0}), (128, {"loss": 0.9}), (192, {"loss": 0.8})]
-    assert history.replay(lost) == 1
-    history.log({"loss": 0.7}, step=256)
+    assert rows.replay(lost) == 1
+    rows.log({"loss": 0.7}, step=256)
     assert tracker.rows == [(192, {"loss": 0.8}), (256, {"loss": 0.7})]
     assert watched == [1]  # once, right after the first row really logged
-    assert history.skipped == 2
-    assert list(history.rows) == [*lost, (256, {"loss": 0.7})]  # for the next checkpoint
+    assert rows.skipped == 2
+    assert list(rows.rows) == [*lost, (256, {"loss": 0.7})]  # for the next checkpoint
 
 
 def test_sweep_trials_get_their_own_checkpoint_folder(monkeypatch, tmp_path: Path) -> None:

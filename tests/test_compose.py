@@ -20,8 +20,7 @@ import yaml
 from dockerfile import parse
 from helpers import ROOT
 
-from trainjob.cli import load_settings
-from trainjob.settings import Settings, env_name
+from trainjob.settings import Settings, env_name, load_settings
 
 COMPOSE = ROOT / "docker" / "compose.yaml"
 ENV_EXAMPLE = ROOT / "docker" / "trainjob.env.example"

@@ -45,7 +45,6 @@ IMAGE_ENTRYPOINT = ("python", "-m", "trainjob")
 VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
 IN_CI = bool(os.environ.get("CI"))
 SWEEP_CONFIGMAP = ("trainjob-sweep", "TRAINJOB_SWEEP_ID")  # created by the user, per sweep
-SWEEP_CODE = (SRC / "trainjob" / "sweep.py").exists()  # the sweep code, which the agent pods run
 
 # What each exit code does to a Job, decided once (docs/kubernetes.md explains it). A new
 # ExitCode member fails test_pod_failure_policy_matches_exit_codes until it is decided here.
@@ -479,15 +478,14 @@ def test_sweep_agents_are_a_work_queue_spread_over_nodes(
     ref = env["TRAINJOB_SWEEP_ID"]["valueFrom"]["configMapKeyRef"]
     assert (ref["name"], ref["key"]) == SWEEP_CONFIGMAP and not ref.get("optional")
     assert SWEEP_CONFIGMAP[0] not in {d["metadata"]["name"] for d in docs}
-    if SWEEP_CODE:
-        from trainjob.sweep import agent_commands
+    from trainjob.sweep.server import agent_commands
 
-        printed = "\n".join(agent_commands("entity/project/abc123"))
-        assert f"configmap {ref['name']} " in printed, printed
-        assert f"--from-literal={ref['key']}=entity/project/abc123" in printed, printed
-        assert "kubectl apply -k k8s/overlays/sweep-agents" in printed, printed
-        # ... in the namespace the agents run in, or they wait for it forever.
-        assert f"kubectl -n {job['metadata']['namespace']} create configmap" in printed, printed
+    printed = "\n".join(agent_commands("entity/project/abc123"))
+    assert f"configmap {ref['name']} " in printed, printed
+    assert f"--from-literal={ref['key']}=entity/project/abc123" in printed, printed
+    assert "kubectl apply -k k8s/overlays/sweep-agents" in printed, printed
+    # ... in the namespace the agents run in, or they wait for it forever.
+    assert f"kubectl -n {job['metadata']['namespace']} create configmap" in printed, printed
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::UserWarning")  # sweeps 0.2.0
@@ -872,15 +870,13 @@ def test_offline_pod_then_sync_pod_find_the_run(
     assert out.returncode == 1 and "No API key configured" in out.stderr, out.stderr
 
 
-NO_SWEEP = "src/trainjob/sweep.py is not in this checkout; tested up to that boundary"
-
-
 def boundary(pod: LocalPod) -> dict[str, Any]:
     """Run trainjob's own command dispatch and settings loading with the pod's env and args,
     stopping where the sweep code takes over."""
     script = (
         "import json, sys\n"
-        "from trainjob.cli import load_settings, split_command\n"
+        "from trainjob.cli import split_command\n"
+        "from trainjob.settings import load_settings\n"
         "command, rest = split_command(sys.argv[1:])\n"
         "settings = load_settings(rest if command[0] != 'sweep' else [])\n"
         "print(json.dumps({'command': command, 'rest': rest,"
@@ -913,8 +909,6 @@ def test_sweep_agent_pod_up_to_the_wandb_server(
     seen = boundary(pod)
     assert seen["command"] == ["agent"] and seen["rest"] == []
     assert seen["settings"]["sweep_id"] == sweep_id
-    if not SWEEP_CODE:
-        pytest.skip(NO_SWEEP)
     # Here, with no key and so no server, the agent stops at once: one line, exit 2.
     out = pod.run(pod_root, timeout=120)
     assert out.returncode == ExitCode.BAD_CONFIG, out.stderr[-3000:]
@@ -935,8 +929,6 @@ def test_offline_sweep_pod_runs_its_share(
     assert (pod.env["JOB_COMPLETION_INDEX"], pod.env["JOB_COMPLETIONS"]) == ("0", str(workers))
     seen = boundary(pod)
     assert seen["command"] == ["sweep", "run", str(sweep_file)] and seen["rest"] == []
-    if not SWEEP_CODE:
-        pytest.skip(NO_SWEEP)
     put_tiny_data(pod, tiny_data)
     out = pod.run(pod_root, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]

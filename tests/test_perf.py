@@ -213,8 +213,7 @@ def test_job_reports_steady_throughput_the_way_bench_cpu_reads_it(
 def test_presets_are_valid_settings(preset: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     import os
 
-    from trainjob.cli import load_settings
-    from trainjob.settings import Settings
+    from trainjob.settings import Settings, load_settings
 
     for key in list(os.environ):
         if key.startswith("TRAINJOB_"):

@@ -21,7 +21,7 @@ from pathlib import Path
 import pytest
 from helpers import ROOT, clean_env, offline_runs, read_offline_run, wandb_cli
 
-from trainjob import resume
+from trainjob import history
 
 ARGS = ["--epochs", "2", "--batch_size", "32"]  # 512 examples: 16 steps per epoch, 32 in all
 STEPS, BATCH, LOG_EVERY, EVERY_STEPS = 32, 32, 2, 5
@@ -253,14 +253,14 @@ def test_offline_fragments_are_synced_together(gauntlet) -> None:
 
 def test_transaction_log_reader(reference, tmp_path: Path) -> None:
     log = next(reference.path.glob("run-*.wandb"))
-    assert resume.last_history_step(log) == STEPS * BATCH + 1
+    assert history.last_history_step(log) == STEPS * BATCH + 1
     blob = log.read_bytes()
     cut = tmp_path / "run-cut.wandb"
     cut.write_bytes(blob[: len(blob) // 3])  # a file cut mid-record, as after SIGKILL
-    step = resume.last_history_step(cut)
+    step = history.last_history_step(cut)
     assert step is None or step < STEPS * BATCH + 1
     (tmp_path / "other.wandb").write_bytes(b"not a transaction log")
-    assert resume.last_history_step(tmp_path / "other.wandb") is None
+    assert history.last_history_step(tmp_path / "other.wandb") is None
 
 
 def test_external_sigterm_at_any_moment(tiny_data: Path, tmp_path: Path, reference) -> None:

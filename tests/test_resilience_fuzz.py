@@ -14,9 +14,8 @@ from helpers import SRC, clean_env, run_cli
 from hypothesis import HealthCheck, assume, given, settings
 from hypothesis import strategies as st
 
-from trainjob.cli import load_settings
 from trainjob.errors import ConfigError
-from trainjob.settings import Settings, env_name
+from trainjob.settings import Settings, env_name, load_settings
 from trainjob.wandb_env import resolve_mode
 
 FIELDS = sorted(Settings.model_fields)

@@ -8,9 +8,9 @@ from pathlib import Path
 import pytest
 from helpers import SRC, clean_env, run_cli
 
-from trainjob.cli import load_settings, split_command
+from trainjob.cli import split_command
 from trainjob.errors import ConfigError
-from trainjob.settings import Settings
+from trainjob.settings import Settings, env_name, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -162,3 +162,30 @@ def test_makefile_exports_no_trainjob_variable() -> None:
     exported = [line for line in makefile.splitlines() if line.startswith("export ")]
     assert exported, "the Makefile exports the real-MNIST folder for the tests"
     assert not [line for line in exported if "TRAINJOB_" in line], exported
+
+
+def test_every_field_is_classified_once_and_the_lists_follow() -> None:
+    """Each field's scope is declared on the field; the W&B config, the sweep checks and the
+    trial environment are derived from it, so a new field cannot be classified in one place and
+    forgotten in another."""
+    from trainjob.settings import Scope, fields_except, fields_in, scope_of
+    from trainjob.sweep.local import PER_TRIAL_FIELDS
+    from trainjob.sweep.spec import MANAGED_FIELDS
+    from trainjob.sweep.trials import SWEEP_ONLY_ENV
+
+    every = list(Settings.model_fields)
+    by_scope = {scope: fields_in(scope) for scope in Scope}
+    assert sorted(sum(by_scope.values(), ())) == sorted(every)  # each field in exactly one
+    assert by_scope[Scope.IDENTITY] == ("run_name", "group", "run_id")
+    assert set(by_scope[Scope.SWEEP]) == {"sweep_id", "sweep_count", "max_consecutive_failures"}
+    assert set(by_scope[Scope.PLACE]) == {"output_dir", "checkpoint_dir"}
+    assert {"epochs", "learning_rate", "kernels", "seed", "dataset"} <= set(by_scope[Scope.LEARNED])
+    assert {"device", "threads", "data_dir", "watcher"} <= set(by_scope[Scope.RUNTIME])
+    config = load_settings([]).run_config()
+    assert set(config) == set(by_scope[Scope.LEARNED])
+    assert not set(config) & set(fields_except(Scope.LEARNED))
+    assert set(MANAGED_FIELDS) == set(every) - set(fields_in(Scope.LEARNED, Scope.RUNTIME))
+    assert by_scope[Scope.IDENTITY] == PER_TRIAL_FIELDS
+    assert set(SWEEP_ONLY_ENV) == {
+        env_name(f) for f in every if scope_of(f) in (Scope.SWEEP, Scope.IDENTITY)
+    }

@@ -14,16 +14,8 @@ import yaml
 from helpers import ROOT, clean_env, run_cli
 
 from trainjob.__main__ import main
-from trainjob.cli import load_settings
-from trainjob.settings import Settings
-from trainjob.sweep import (
-    MANAGED_FIELDS,
-    flag,
-    load_sweep,
-    parameter_values,
-    plain,
-)
-from trainjob.sweep_local import (
+from trainjob.settings import Settings, load_settings
+from trainjob.sweep.local import (
     Options,
     Point,
     Result,
@@ -33,7 +25,14 @@ from trainjob.sweep_local import (
     planned,
     random_point,
 )
-from trainjob.trials import (
+from trainjob.sweep.spec import (
+    MANAGED_FIELDS,
+    flag,
+    load_sweep,
+    parameter_values,
+    plain,
+)
+from trainjob.sweep.trials import (
     FailureCounter,
     Interrupted,
     SignalForwarder,

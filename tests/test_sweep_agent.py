@@ -19,9 +19,9 @@ import pytest
 from helpers import adopt_env, offline_runs, read_offline_run
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
-from trainjob.cli import load_settings
-from trainjob.sweep import AgentTrial, TooManyFailures
-from trainjob.trials import FailureCounter, SignalForwarder, TrialRunner
+from trainjob.settings import load_settings
+from trainjob.sweep.agent import AgentTrial, TooManyFailures
+from trainjob.sweep.trials import FailureCounter, SignalForwarder, TrialRunner
 
 
 @pytest.fixture

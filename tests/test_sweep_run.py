@@ -20,8 +20,9 @@ import yaml
 from helpers import adopt_env, offline_runs, read_offline_run
 
 from trainjob.__main__ import main
-from trainjob.sweep import HISTORY_METRICS, SUMMARY_METRICS, load_sweep
-from trainjob.sweep_local import Point, Result, bayes_point
+from trainjob.metrics import HISTORY, SUMMARY
+from trainjob.sweep.local import Point, Result, bayes_point
+from trainjob.sweep.spec import load_sweep
 
 
 @pytest.fixture
@@ -84,8 +85,8 @@ def test_offline_grid_end_to_end(sweep_env: Path, capsys: pytest.CaptureFixture)
         assert run.run_info["display_name"].startswith("grid-2x2-00")
         assert run.exit_code == 0 and run.config["epochs"] == 1
         # The metrics sweep.py offers are really logged by a job.
-        assert set(SUMMARY_METRICS) <= set(run.summary)
-        assert set(HISTORY_METRICS) <= {k for row in run.history for k in row}
+        assert set(SUMMARY) <= set(run.summary)
+        assert set(HISTORY) <= {k for row in run.history for k in row}
 
     rows = table(out)
     accuracies = [float(r[2]) for r in rows]

@@ -60,3 +60,165 @@ def test_ruff_verdict_does_not_depend_on_run_leftovers(tmp_path: Path) -> None:
     assert after.returncode == 0, (
         "ruff fails once a run has left its folders in the project root:\n" + after.stdout
     )
+
+
+# --- the package's shape: no import cycles, the entry point at the top, one file tree ----------
+
+PACKAGE = ROOT / "src" / "trainjob"
+
+
+def _module_name(path: Path) -> str:
+    parts = path.relative_to(PACKAGE.parent).with_suffix("").parts
+    return ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
+
+
+def _imports(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """Each trainjob module -> the trainjob modules it imports anywhere in its code (imports
+    inside functions count: a cycle through a lazy import is still a cycle to a reader); only
+    ``if TYPE_CHECKING:`` blocks are left out."""
+    import ast
+
+    graph: dict[str, set[str]] = {}
+    for name, path in modules.items():
+        tree = ast.parse(path.read_text())
+        skipped = {
+            id(n)
+            for node in ast.walk(tree)
+            if isinstance(node, ast.If) and "TYPE_CHECKING" in ast.unparse(node.test)
+            for n in ast.walk(node)
+        }
+        package = name if path.name == "__init__.py" else name.rpartition(".")[0]
+        deps: set[str] = set()
+        for node in ast.walk(tree):
+            if id(node) in skipped:
+                continue
+            if isinstance(node, ast.ImportFrom):
+                base = node.module or ""
+                if node.level:
+                    up = package.split(".")[: len(package.split(".")) - node.level + 1]
+                    base = ".".join([*up, *([node.module] if node.module else [])])
+                targets = [base, *(f"{base}.{a.name}" for a in node.names)]
+            elif isinstance(node, ast.Import):
+                targets = [a.name for a in node.names]
+            else:
+                continue
+            deps.update(t for t in targets if t in modules and t != name)
+        graph[name] = deps
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> list[list[str]]:
+    """Strongly connected components with more than one module (Tarjan)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    found: list[list[str]] = []
+
+    def visit(v: str) -> None:
+        index[v] = low[v] = len(index)
+        stack.append(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                visit(w)
+                low[v] = min(low[v], low[w])
+            elif w in stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            component = []
+            while True:
+                w = stack.pop()
+                component.append(w)
+                if w == v:
+                    break
+            if len(component) > 1:
+                found.append(sorted(component))
+
+    for v in sorted(graph):
+        if v not in index:
+            visit(v)
+    return found
+
+
+MODULES = {_module_name(p): p for p in sorted(PACKAGE.rglob("*.py"))}
+
+
+def test_no_import_cycles_and_library_code_never_imports_the_entry_point() -> None:
+    graph = _imports(MODULES)
+    assert _cycles(graph) == []
+    top = {"trainjob.__main__", "trainjob.cli"}
+    for name, deps in graph.items():
+        if name != "trainjob.__main__":
+            assert not deps & top, f"{name} imports the command line: {sorted(deps & top)}"
+
+
+def test_the_checks_catch_a_cycle_and_an_entry_point_import(tmp_path: Path) -> None:
+    """The two checks above can fail: a lazy import that closes a loop, a library module that
+    imports ``__main__``."""
+    package = tmp_path / "trainjob"
+    package.mkdir()
+    (package / "__init__.py").write_text("")
+    (package / "__main__.py").write_text("from .a import f\n")
+    (package / "a.py").write_text("def f():\n    from .b import g\n")
+    (package / "b.py").write_text("from . import a\nfrom .__main__ import main\n")
+    modules = {
+        ".".join(p.relative_to(tmp_path).with_suffix("").parts).removesuffix(".__init__"): p
+        for p in sorted(package.rglob("*.py"))
+    }
+    graph = _imports(modules)
+    assert _cycles(graph) == [["trainjob.__main__", "trainjob.a", "trainjob.b"]]
+    assert "trainjob.__main__" in graph["trainjob.b"]
+
+
+def test_readme_file_tree_lists_every_module_once() -> None:
+    """The README's ``src/trainjob/`` tree: one line per module, none missing, none gone."""
+    readme = (ROOT / "README.md").read_text()
+    tree = readme.split("```text\nsrc/trainjob/\n", 1)[1].split("```", 1)[0]
+    listed: list[str] = []
+    folder = ""
+    for line in tree.splitlines():
+        if not line.startswith("  ") or not line.strip():
+            break  # the tree's top-level lines (tests/, bench/, ...) follow the package
+        entry = line.split()[0]
+        if line.startswith("    "):
+            listed.append(folder + entry)
+        elif entry.endswith("/"):
+            folder = entry
+            listed.append(entry)
+        else:
+            folder = ""
+            listed.append(entry)
+    actual = [
+        p.relative_to(PACKAGE).as_posix()
+        for p in sorted(PACKAGE.rglob("*.py"))
+        if p.name != "__init__.py" or p.parent != PACKAGE
+    ]
+    actual = [
+        a.removesuffix("/__init__.py") + "/" if a.endswith("__init__.py") else a for a in actual
+    ]
+    assert sorted(listed) == sorted(actual)
+    assert len(listed) == len(set(listed))
+
+
+def test_metric_names_are_spelled_in_one_module() -> None:
+    """A metric's name is a constant of trainjob.metrics; no other module writes it as a
+    string, so the loop, the job and the sweep checks cannot drift apart."""
+    import ast
+
+    from trainjob import metrics
+
+    names = {
+        *metrics.LOGGED,
+        metrics.LOSS_MEAN,
+        metrics.STEADY_SAMPLES_PER_S,
+        metrics.WARMUP_S,
+        metrics.COMPILE_S,
+        metrics.WEIGHTS_SHA256,
+    }
+    found = [
+        f"{path.relative_to(ROOT)}:{node.lineno}: {node.value!r}"
+        for path in MODULES.values()
+        if path.name != "metrics.py"
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Constant) and node.value in names
+    ]
+    assert found == []

@@ -13,28 +13,28 @@ import sys
 import threading
 from collections.abc import Sequence
 
-from .cli import load_settings, print_help, split_command, wants_help
+from .cli import print_help, split_command, wants_help
 from .env_dirs import create_env_dirs, default_wandb_dirs
-from .errors import ConfigError, ExitCode, TrainjobError
+from .errors import ConfigError, ExitCode, as_exit_code
+from .settings import load_settings
 
 
 def dispatch(command: list[str], rest: list[str]) -> int:
-    if command == ["train"]:
-        from .stopping import listen_early
-
-        listen_early()  # a sweep's stop (SIGUSR2) during start-up must not kill the job
-        from .job import run
-
-        return run(load_settings(rest))
+    """The sweep commands; ``train`` is ``job.main`` (what each sweep trial runs, too)."""
+    create_env_dirs()  # before anything reads TMPDIR (an empty volume has none of them)
+    default_wandb_dirs()  # W&B's artifact folders under WANDB_DIR unless set (W&B creates them)
     if command == ["agent"]:
-        from .sweep import agent
+        from .sweep.agent import agent
 
         return agent(load_settings(rest))
-    if command[:1] == ["sweep"] and len(command) >= 2 and command[1] in ("create", "run"):
-        from . import sweep
+    if command[:2] == ["sweep", "create"]:
+        from .sweep.server import create
 
-        action = sweep.create if command[1] == "create" else sweep.run_local
-        return action(command[2] if len(command) > 2 else "sweep.yaml", rest)
+        return create(command[2] if len(command) > 2 else "sweep.yaml", rest)
+    if command[:2] == ["sweep", "run"]:
+        from .sweep.local import run_local
+
+        return run_local(command[2] if len(command) > 2 else "sweep.yaml", rest)
     raise ConfigError(
         f"unknown command {' '.join(command)!r}; use train, agent, sweep create or sweep run"
     )
@@ -46,17 +46,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         print_help()
         return int(ExitCode.OK)
     command, rest = split_command(args)
-    try:
-        create_env_dirs()  # before anything reads TMPDIR (an empty volume has none of them)
-        default_wandb_dirs()  # W&B's artifact folders under WANDB_DIR unless set (W&B creates them)
-        return dispatch(command, rest)
-    except TrainjobError as exc:
-        what = "stopped" if exc.exit_code == ExitCode.STOPPED else "error"  # 6: not a failure
-        print(f"trainjob: {what}: {exc}", file=sys.stderr, flush=True)
-        return int(exc.exit_code)
-    except KeyboardInterrupt:  # a second Ctrl-C while checkpointing
-        print("trainjob: interrupted", file=sys.stderr)
-        return int(ExitCode.PREEMPTED)
+    if command == ["train"]:
+        from .job import main as train
+
+        return train(rest)
+    return as_exit_code(lambda: dispatch(command, rest))
 
 
 def cli() -> None:

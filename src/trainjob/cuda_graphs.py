@@ -9,17 +9,13 @@ On other devices ``cuda_graphs`` is a no-op (``graphs_available``).
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .data import Split
-from .step import accumulate, train_step
+from .step import LoopConfig, accumulate, train_step
 from .watch import Watcher
-
-if TYPE_CHECKING:
-    from .train import LoopConfig
 
 
 def graphs_available(device: torch.device) -> bool:

@@ -7,6 +7,8 @@ module by a test (tests/test_docs.py).
 
 from __future__ import annotations
 
+import sys
+from collections.abc import Callable
 from enum import IntEnum
 
 
@@ -65,3 +67,17 @@ class SweepGaveUp(TrainjobError):
 
 class WandbUnreachable(TrainjobError):
     exit_code = ExitCode.WANDB_UNREACHABLE
+
+
+def as_exit_code(body: Callable[[], int]) -> int:
+    """``body()``'s exit code; a trainjob error's is one line on stderr (no traceback) and the
+    error's code. Anything else is a bug and keeps its traceback (exit 1)."""
+    try:
+        return body()
+    except TrainjobError as exc:
+        what = "stopped" if exc.exit_code == ExitCode.STOPPED else "error"  # 6: not a failure
+        print(f"trainjob: {what}: {exc}", file=sys.stderr, flush=True)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:  # a second Ctrl-C while checkpointing
+        print("trainjob: interrupted", file=sys.stderr)
+        return int(ExitCode.PREEMPTED)

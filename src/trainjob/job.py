@@ -10,12 +10,23 @@ import os
 import shutil
 import sys
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError, ExitCode, Preempted, StorageError, TrainjobError, TrialStopped
-from .settings import Settings, env_name
+from . import metrics
+from .env_dirs import create_env_dirs, default_wandb_dirs
+from .errors import (
+    ConfigError,
+    ExitCode,
+    Preempted,
+    StorageError,
+    TrainjobError,
+    TrialStopped,
+    as_exit_code,
+)
+from .settings import Settings, env_name, load_settings
 from .wandb_env import resolve_mode
 
 if TYPE_CHECKING:  # the heavy imports (torch, wandb) stay inside the phases that need them
@@ -23,7 +34,7 @@ if TYPE_CHECKING:  # the heavy imports (torch, wandb) stay inside the phases tha
 
     from .checkpoint import Checkpointer, Signals
     from .data import Data
-    from .resume import History
+    from .history import History
     from .stopping import StopRequest
     from .tracking import Tracker
     from .train import LoopStats, Progress
@@ -122,7 +133,7 @@ def write_run_record(
     settings: Settings, tracker: Tracker, exit_code: int, summary: dict[str, Any]
 ) -> None:
     """``<output_dir>/run.json``: how the job ended, its W&B run folder and its summary. Offline
-    sweeps read trial results back from it (sweep_local.py). Best effort: never masks an error."""
+    sweeps read trial results back from it (sweep/local.py). Best effort: never masks an error."""
     record = {
         "exit_code": exit_code,
         "run_id": tracker.run_id,
@@ -184,6 +195,22 @@ class _Result:
     accuracy: float
     samples_per_s: float
     model_path: Path
+
+
+def main(argv: Sequence[str]) -> int:
+    """The ``train`` command as its process runs it, from the command line or as a sweep trial
+    (sweep/trials.py forks one per trial): the environment's folders, the early stop listener,
+    settings from the environment and ``argv``, one job; an error is one line and its exit code."""
+
+    def command() -> int:
+        create_env_dirs()  # before anything reads TMPDIR (an empty volume has none of them)
+        default_wandb_dirs()  # W&B's artifact folders under WANDB_DIR unless set
+        from .stopping import listen_early
+
+        listen_early()  # a sweep's stop (SIGUSR2) during start-up must not kill the job
+        return run(load_settings(argv))
+
+    return as_exit_code(command)
 
 
 def run(settings: Settings) -> int:
@@ -288,7 +315,8 @@ def _resume_or_start(
 ) -> _Started:
     """Restore the latest checkpoint (if any), refuse a finished run id, start the W&B run and
     continue its history where the interrupted process left it."""
-    from . import checkpoint, resume, runtime, tracking
+    from . import checkpoint, runtime, tracking
+    from .history import History, history_floor
     from .train import Progress
     from .watch import Watcher
 
@@ -322,11 +350,11 @@ def _resume_or_start(
         tracker.watch(model, built.criterion, settings.watch_log, settings.watch_freq, watcher)
 
     # Resuming into a run whose history already has rows: log only the steps after them, and
-    # watch from the first new row on (see resume.py).
-    floor = resume.history_floor(tracker)
+    # watch from the first new row on (see history.py).
+    floor = history_floor(tracker)
     if floor < 0:
         watch()
-    history = resume.History(tracker, floor, on_first_row=watch if floor >= 0 else None)
+    history = History(tracker, floor, on_first_row=watch if floor >= 0 else None)
     if state is not None:
         # Rows the interrupted process logged before its checkpoint but that never reached the
         # W&B file or server (SIGKILL) are logged again, with their original values.
@@ -348,7 +376,8 @@ def _train_and_export(
 
     from . import checkpoint, data, export, stopping
     from .progress import display
-    from .train import LoopConfig, LoopStats, evaluate, train
+    from .step import LoopConfig
+    from .train import LoopStats, evaluate, train
 
     model, dataset, tracker, history = built.model, built.dataset, job.tracker, job.history
     progress = job.progress
@@ -401,7 +430,7 @@ def _train_and_export(
     saver.finishing()  # a signal from here on: the job completes (exit 0)
     # A row of its own after the last training row (which may sit at examples_seen): a job
     # resumed during evaluation must not write to a step the history already has.
-    history.log({"test_accuracy": accuracy}, step=progress.examples_seen + 1)
+    history.log({metrics.TEST_ACCURACY: accuracy}, step=progress.examples_seen + 1)
     samples_per_s = (progress.examples_seen - start_examples) / max(train_s, 1e-9)
 
     # One folder per run: a later job (another run id) never overwrites this model.
@@ -417,33 +446,30 @@ def _train_and_export(
         ) from None
     diff = export.check_onnx(model, model_path, data.to_float(dataset.test.images[:37]))
     summary = {
-        "test_accuracy": accuracy,
-        "perf/samples_per_s": samples_per_s,
-        "perf/train_s": train_s,
-        "perf/steady_samples_per_s": stats.steady_samples_per_s(),
-        # steps that met a new batch shape; with compile on, that is the compile time
-        f"perf/{'compile' if settings.compile else 'warmup'}_s": stats.warmup_s,
-        "onnx/max_abs_diff": diff,
-        "examples_seen": progress.examples_seen,
-        "weights_sha256": checkpoint.weights_sha256(model),
+        metrics.TEST_ACCURACY: accuracy,
+        metrics.SAMPLES_PER_S: samples_per_s,
+        metrics.TRAIN_S: train_s,
+        metrics.STEADY_SAMPLES_PER_S: stats.steady_samples_per_s(),
+        metrics.COMPILE_S if settings.compile else metrics.WARMUP_S: stats.warmup_s,
+        metrics.ONNX_MAX_ABS_DIFF: diff,
+        metrics.EXAMPLES_SEEN: progress.examples_seen,
+        metrics.WEIGHTS_SHA256: checkpoint.weights_sha256(model),
     }
     tracker.summary(summary)
-    tracker.save_model(model_path, {"test_accuracy": accuracy, **settings.run_config()})
+    tracker.save_model(model_path, {metrics.TEST_ACCURACY: accuracy, **settings.run_config()})
     return _Result(accuracy, samples_per_s, model_path), summary, stats
 
 
 def _failed(exc: TrainjobError, job: _Started, ckpt_dir: Path) -> dict[str, Any]:
     """How a job that raised ends: its summary, and which checkpoints go."""
-    from . import stopping
-
     summary: dict[str, Any] = {}
     if isinstance(exc, TrialStopped):
         # Recorded as stopped in the run and in run.json; the metric's last per-epoch value is
         # the run's summary value, as W&B keeps the last logged one.
-        summary = {"stopped": str(exc)}
+        summary = {metrics.STOPPED: str(exc)}
         if job.epoch_values:
-            summary[stopping.PER_EPOCH_METRICS[0]] = job.epoch_values[-1]
-        job.tracker.summary({"stopped": str(exc)})
+            summary[metrics.PER_EPOCH[0]] = job.epoch_values[-1]
+        job.tracker.summary({metrics.STOPPED: str(exc)})
         # Nothing will resume a stopped trial: its checkpoints would only be left behind.
         _remove_checkpoints(ckpt_dir)
     elif isinstance(exc, Preempted):
@@ -464,7 +490,7 @@ def _finish(
     stop: StopRequest,
 ) -> None:
     """Close the W&B run and write run.json, whatever happened."""
-    from . import resume
+    from .history import sync_command
 
     # Handlers stay installed through finish: a SIGTERM after training only sets the flag
     # and the job completes (exit 0) instead of dying halfway through W&B's finish.
@@ -473,7 +499,7 @@ def _finish(
     saver.uninstall()
     stop.uninstall()
     # A resumed offline run is split over one folder per process: upload them together.
-    command = resume.sync_command(tracker) or tracker.sync_command()
+    command = sync_command(tracker) or tracker.sync_command()
     if command:
         print(f"trainjob: run saved locally; upload it with: {command}")
 

@@ -10,46 +10,41 @@ here and are validated the same way. W&B's own variables (``WANDB_API_KEY``, ``W
 
 from __future__ import annotations
 
+import difflib
 import json
 import os
 import re
+from collections.abc import Sequence
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, ValidationInfo, field_validator, model_validator
-from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
+
+from .errors import ConfigError
 
 ENV_PREFIX = "TRAINJOB_"
 DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
 DATASET_CLASSES = 10  # all three torchvision datasets have ten labels
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
-# Fields that describe *where* or *how* a job runs, not *what* it learns. They are kept out of
-# the W&B config so that two runs with the same hyperparameters compare equal on the dashboard.
-RUNTIME_FIELDS = frozenset(
-    {
-        "data_dir",
-        "cache_dir",
-        "output_dir",
-        "checkpoint_dir",
-        "checkpoint_every_steps",
-        "checkpoint_every_s",
-        "run_id",
-        "run_name",
-        "group",
-        "sweep_id",
-        "sweep_count",
-        "max_consecutive_failures",
-        "wandb_init_timeout",
-        "wandb_finish_timeout",
-        "threads",
-        "progress",
-        "progress_every_s",
-        "device",
-        "onnx_exporter",
-        "watcher",
-    }
-)
+
+class Scope(Enum):
+    """What a setting is about, declared once per field (``Annotated[type, Scope.X]``; no mark:
+    ``LEARNED``). Everything that treats fields differently asks this: the W&B config
+    (``run_config``), the sweep file checks, ``sweep run``'s flags and the trial's environment."""
+
+    LEARNED = "learned"  # what a run learns: the W&B config; may be a sweep parameter
+    # Where or how a job runs, not what it learns: kept out of the W&B config, so that two runs
+    # with the same hyperparameters compare equal on the dashboard; may be a sweep parameter.
+    RUNTIME = "runtime"
+    PLACE = "place"  # where a run's files go: a sweep gives each trial a folder under it
+    IDENTITY = "identity"  # names one run: a sweep names each trial itself
+    SWEEP = "sweep"  # the sweep process's own: its value never reaches a trial
+
+
+RUNTIME, PLACE, IDENTITY, SWEEP = Scope.RUNTIME, Scope.PLACE, Scope.IDENTITY, Scope.SWEEP
 
 
 class Settings(BaseSettings):
@@ -92,7 +87,7 @@ class Settings(BaseSettings):
     )
 
     # --- speed (results are identical on CPU whatever these are, except amp) -----------------
-    device: str = Field("auto", description="auto, cpu, cuda or cuda:N.")
+    device: Annotated[str, RUNTIME] = Field("auto", description="auto, cpu, cuda or cuda:N.")
     amp: Literal["none", "bf16"] = Field(
         "none",
         description="Autocast precision: none or bf16, on CUDA and on the CPU. On a CPU bf16 "
@@ -105,11 +100,11 @@ class Settings(BaseSettings):
         description="CUDA: replay each full-batch step as one CUDA graph (not with watcher=wandb).",
     )
     channels_last: bool = Field(True, description="Use channels_last memory format.")
-    onnx_exporter: Literal["dynamo", "torchscript"] = Field(
+    onnx_exporter: Annotated[Literal["dynamo", "torchscript"], RUNTIME] = Field(
         "dynamo",
         description="ONNX exporter: dynamo (torch's default, 2-8 s) or torchscript (0.2 s).",
     )
-    threads: int = Field(
+    threads: Annotated[int, RUNTIME] = Field(
         0, ge=0, le=1024, description="CPU threads; 0 = from the cgroup CPU quota/OMP_NUM_THREADS."
     )
 
@@ -117,14 +112,16 @@ class Settings(BaseSettings):
     project: str | None = Field(
         None, description="W&B project; default WANDB_PROJECT, else 'pytorch-demo'."
     )
-    run_name: str | None = Field(None, description="W&B run display name.")
-    group: str | None = Field(None, description="W&B run group (offline sweeps set it).")
-    run_id: str | None = Field(
+    run_name: Annotated[str | None, IDENTITY] = Field(None, description="W&B run display name.")
+    group: Annotated[str | None, IDENTITY] = Field(
+        None, description="W&B run group (offline sweeps set it)."
+    )
+    run_id: Annotated[str | None, IDENTITY] = Field(
         None,
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Deterministic W&B run id (e.g. the Kubernetes Job name) to resume into.",
     )
-    watcher: Literal["trainjob", "wandb"] = Field(
+    watcher: Annotated[Literal["trainjob", "wandb"], RUNTIME] = Field(
         "trainjob",
         description="Who computes the watch histograms: trainjob (on the device, same records) "
         "or wandb (W&B's run.watch hooks, slower).",
@@ -134,10 +131,10 @@ class Settings(BaseSettings):
     )
     watch_freq: int = Field(10, gt=0, description="run.watch log_freq, in batches.")
     log_every: int = Field(25, gt=0, description="Log loss/epoch every n batches.")
-    wandb_init_timeout: float = Field(
+    wandb_init_timeout: Annotated[float, RUNTIME] = Field(
         15.0, gt=0, le=600, description="Seconds to wait for the W&B server before going offline."
     )
-    wandb_finish_timeout: float = Field(
+    wandb_finish_timeout: Annotated[float, RUNTIME] = Field(
         60.0,
         gt=0,
         le=86_400,
@@ -145,26 +142,30 @@ class Settings(BaseSettings):
     )
 
     # --- where things go -----------------------------------------------------------------------
-    data_dir: Path = Field(Path("data"), description="Dataset root (raw IDX files, .gz or not).")
-    cache_dir: Path | None = Field(
+    data_dir: Annotated[Path, RUNTIME] = Field(
+        Path("data"), description="Dataset root (raw IDX files, .gz or not)."
+    )
+    cache_dir: Annotated[Path | None, RUNTIME] = Field(
         None,
         description="Unpacked-dataset cache (the data folder is only read); "
         "default $XDG_CACHE_HOME/trainjob or ~/.cache/trainjob.",
     )
-    output_dir: Path = Field(Path("outputs"), description="Model and run summary output folder.")
-    checkpoint_dir: Path | None = Field(
+    output_dir: Annotated[Path, PLACE] = Field(
+        Path("outputs"), description="Model and run summary output folder."
+    )
+    checkpoint_dir: Annotated[Path | None, PLACE] = Field(
         None, description="Checkpoint folder; default <output_dir>/checkpoints."
     )
-    checkpoint_every_steps: int = Field(
+    checkpoint_every_steps: Annotated[int, RUNTIME] = Field(
         0, ge=0, description="Checkpoint every n optimizer steps; 0 = off."
     )
-    checkpoint_every_s: float = Field(
+    checkpoint_every_s: Annotated[float, RUNTIME] = Field(
         60.0, ge=0, allow_inf_nan=False, description="Checkpoint every n seconds; 0 = off."
     )
-    progress: bool = Field(
+    progress: Annotated[bool, RUNTIME] = Field(
         True, description="A progress bar on a terminal; false (or no terminal): plain lines."
     )
-    progress_every_s: float = Field(
+    progress_every_s: Annotated[float, RUNTIME] = Field(
         30.0,
         ge=0,
         le=86_400,
@@ -173,12 +174,14 @@ class Settings(BaseSettings):
     )
 
     # --- sweeps --------------------------------------------------------------------------------
-    sweep_id: str | None = Field(
+    sweep_id: Annotated[str | None, SWEEP] = Field(
         None,
         description="W&B sweep to run an agent for ('entity/project/id' or 'id').",
     )
-    sweep_count: int | None = Field(None, gt=0, description="Trials this agent runs; default all.")
-    max_consecutive_failures: int = Field(
+    sweep_count: Annotated[int | None, SWEEP] = Field(
+        None, gt=0, description="Trials this agent runs; default all."
+    )
+    max_consecutive_failures: Annotated[int, SWEEP] = Field(
         3, gt=0, description="Agent stops (exit 1) after this many failed trials in a row."
     )
 
@@ -244,10 +247,93 @@ class Settings(BaseSettings):
 
     def run_config(self) -> dict[str, Any]:
         """The hyperparameters logged as the W&B config: JSON-safe, no paths, no secrets."""
-        data = self.model_dump(mode="json", exclude=set(RUNTIME_FIELDS))
+        data = self.model_dump(mode="json", exclude=set(fields_except(Scope.LEARNED)))
         data["project"] = self.resolved_project
         return data
 
 
+def scope_of(name: str) -> Scope:
+    marks = [m for m in Settings.model_fields[name].metadata if isinstance(m, Scope)]
+    return marks[0] if marks else Scope.LEARNED
+
+
+def fields_in(*scopes: Scope) -> tuple[str, ...]:
+    """The fields of these scopes, in declaration order."""
+    return tuple(name for name in Settings.model_fields if scope_of(name) in scopes)
+
+
+def fields_except(scope: Scope) -> tuple[str, ...]:
+    return tuple(name for name in Settings.model_fields if scope_of(name) is not scope)
+
+
 def env_name(field: str) -> str:
     return f"{ENV_PREFIX}{field.upper()}"
+
+
+# --- settings from the environment and flags, every problem one line ---------------------------
+
+
+def _flag_given(argv: Sequence[str], field: str) -> bool:
+    flag = f"--{field}"
+    return any(a == flag or a.startswith(flag + "=") for a in argv)
+
+
+def _describe(loc: str, value: Any, argv: Sequence[str]) -> str:
+    if _flag_given(argv, loc):
+        return f"--{loc}={value!s}"
+    env = env_name(loc)
+    if env in os.environ:
+        return f"{env}={os.environ[env]!r}"
+    return f"{loc}={value!r}"
+
+
+def check_unknown_env() -> None:
+    """pydantic-settings ignores unknown prefixed variables; a typo such as TRAINJOB_EPOCS=3
+    would silently train with the default. Refuse it instead."""
+    known = {env_name(name) for name in Settings.model_fields}
+    for key in sorted(os.environ):
+        if key.upper().startswith(ENV_PREFIX) and key.upper() not in known:
+            close = difflib.get_close_matches(key.upper(), sorted(known), n=1)
+            hint = f"; did you mean {close[0]}?" if close else "; see trainjob --help"
+            raise ConfigError(f"{key} is not a trainjob setting{hint}")
+
+
+def _one_line(text: str) -> str:
+    """A value holding a newline or another control character must not break the one-line
+    error contract: such characters are shown escaped, as ``repr`` would."""
+    return "".join(ch if ch.isprintable() else repr(ch)[1:-1] for ch in text)
+
+
+def load_settings(argv: Sequence[str]) -> Settings:
+    """Settings from env + flags, or a ConfigError whose message is one line (several problems
+    are joined with '; '); tests/test_resilience_fuzz.py checks that nothing else escapes."""
+    try:
+        return _load_settings(argv)
+    except ConfigError as exc:
+        raise ConfigError(_one_line(str(exc))) from None
+
+
+def _load_settings(argv: Sequence[str]) -> Settings:
+    check_unknown_env()
+    try:
+        return Settings(_cli_parse_args=list(argv))
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            loc = ".".join(str(p) for p in err["loc"]) or "settings"
+            field = str(err["loc"][0]) if err["loc"] else loc
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append(f"{_describe(field, err.get('input'), argv)} is invalid: {msg}")
+        raise ConfigError("; ".join(problems)) from None
+    except SettingsError as exc:
+        text = str(exc).removeprefix("error parsing CLI: ")
+        if "unrecognized arguments" in text:
+            names = [a.split("=")[0].lstrip("-") for a in text.split(":", 1)[1].split()]
+            close = (
+                difflib.get_close_matches(names[0], list(Settings.model_fields), n=1)
+                if names
+                else []
+            )
+            hint = f"; did you mean --{close[0]}?" if close else "; see trainjob --help"
+            raise ConfigError(f"{text}{hint}") from None
+        raise ConfigError(f"{' '.join(text.split())}; see trainjob --help") from None

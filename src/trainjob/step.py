@@ -1,20 +1,31 @@
 """One optimizer step on a batch of the in-memory data: gather, uint8 -> float, forward, loss,
 backward, Adam. What the eager loop runs (train.py) and what a CUDA graph records
-(cuda_graphs.py); evaluation shares the input preparation and autocast.
+(cuda_graphs.py); evaluation shares the input preparation and autocast. ``LoopConfig``, what
+the loop is told, lives here because the step reads it too.
 """
 
 from __future__ import annotations
 
 import contextlib
-from typing import TYPE_CHECKING
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from .data import Split, to_float
 
-if TYPE_CHECKING:
-    from .train import LoopConfig
+
+@dataclass(frozen=True)
+class LoopConfig:
+    epochs: int
+    batch_size: int
+    log_every: int
+    seed: int
+    channels_last: bool = True
+    bf16: bool = False
+    progress_bar: bool = True
+    lr_schedule: str = "none"  # none (the tutorial: constant) | onecycle
+    cuda_graphs: bool = False  # CUDA only: full-batch steps replayed as one CUDA graph
 
 
 def autocast(

@@ -13,7 +13,7 @@ ends after its current step with ``TrialStopped`` (exit 6): no checkpoint, the r
 Offline early termination (``trainjob sweep run``): the sweep driver leaves ``RULE_FILE`` in the
 trial's output folder (the sweep's ``metric`` and ``early_terminate`` and every earlier trial's
 per-epoch values); at each epoch end this trial asks W&B's engine (``sweeps.stop_runs``) whether
-it trails, and stops between two epochs if so (early_terminate.py). ``EPOCHS_FILE`` holds this
+it trails, and stops between two epochs if so (sweep/stop.py). ``EPOCHS_FILE`` holds this
 trial's own values.
 """
 
@@ -27,10 +27,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .early_terminate import EPOCHS_FILE, PER_EPOCH_METRICS, EarlyTermination, read_epoch_values
 from .errors import TrialStopped
+from .metrics import PER_EPOCH
+from .sweep.stop import EPOCHS_FILE, STOP_SIGNAL, EarlyTermination, read_epoch_values
 from .train import Hooks, Progress
-from .trials import STOP_SIGNAL
 
 # A stop that came before the job installed its ``StopRequest`` (during start-up, data loading):
 # SIGUSR2's default action would kill the process, which would then look like a crash.
@@ -113,7 +113,7 @@ class EpochEnd(Hooks):
         self.stop.check(progress)
         if progress.epoch < self.epochs:
             value = self.evaluate()
-            self.history.log({PER_EPOCH_METRICS[0]: value}, step=progress.examples_seen + 1)
+            self.history.log({PER_EPOCH[0]: value}, step=progress.examples_seen + 1)
             self.record(value)
             reason = self.rule.trails(self.values) if self.rule is not None else None
             if reason is not None:
@@ -130,7 +130,7 @@ class EpochEnd(Hooks):
         self.values.append(float(value))
         tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
         try:
-            tmp.write_text(json.dumps({PER_EPOCH_METRICS[0]: self.values}) + "\n")
+            tmp.write_text(json.dumps({PER_EPOCH[0]: self.values}) + "\n")
             os.replace(tmp, self.file)
         except OSError:  # best effort: the W&B history has every value too
             tmp.unlink(missing_ok=True)

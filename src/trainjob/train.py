@@ -21,17 +21,17 @@ from typing import Protocol
 import torch
 from torch import nn
 
-from . import cuda_graphs
+from . import cuda_graphs, metrics
 from .data import Split
 from .errors import DivergedError
-from .step import accumulate, autocast, prepare, train_step
+from .step import LoopConfig, accumulate, autocast, prepare, train_step
 from .watch import Watcher
 
 EVAL_BATCH = 1000  # evaluation batch: large (no grads), and fixed so accuracy is reproducible
 
 
 class HistoryLog(Protocol):
-    """Where the loop's rows go: a job's ``resume.History`` (in front of the W&B run), or any
+    """Where the loop's rows go: a job's ``history.History`` (in front of the W&B run), or any
     object with this method."""
 
     def log(self, metrics: Mapping[str, float | int], step: int) -> None: ...
@@ -69,19 +69,6 @@ class Progress:
         state: dict[str, int | float] = asdict(self)
         state["loss_sum"] = float(self.loss_sum)  # a device read: only at checkpoints
         return state
-
-
-@dataclass(frozen=True)
-class LoopConfig:
-    epochs: int
-    batch_size: int
-    log_every: int
-    seed: int
-    channels_last: bool = True
-    bf16: bool = False
-    progress_bar: bool = True
-    lr_schedule: str = "none"  # none (the tutorial: constant) | onecycle
-    cuda_graphs: bool = False  # CUDA only: full-batch steps replayed as one CUDA graph
 
 
 @dataclass
@@ -311,10 +298,10 @@ def _log_row(
     rate = throughput.rate(progress.examples_seen)
     history.log(
         {
-            "epoch": epoch,
-            "loss": value,
-            "train/loss_mean": interval_sum / cfg.log_every,
-            "perf/samples_per_s": rate,
+            metrics.EPOCH: epoch,
+            metrics.LOSS: value,
+            metrics.LOSS_MEAN: interval_sum / cfg.log_every,
+            metrics.SAMPLES_PER_S: rate,
         },
         step=progress.examples_seen,
     )

@@ -1,5 +1,10 @@
-"""Offline early termination, in files the sweep driver and its trials share (no torch here).
+"""How a sweep stops a trial: what the sweep processes and their trials agree on (no torch here).
 
+``STOP_SIGNAL``: sent to a trial by ``trainjob agent`` (W&B's ``stop``) and ``trainjob sweep
+run``; the trial ends between two steps, closes its run, keeps no checkpoint and exits 6
+(stopping.py). SIGTERM stays "preempted: checkpoint".
+
+Offline early termination, in files the sweep driver and its trials share:
 ``RULE_FILE`` (written by ``trainjob sweep run`` into a trial's output folder before it starts):
 the sweep's ``method``, ``metric`` and ``early_terminate`` and each earlier trial's per-epoch
 values. ``EPOCHS_FILE`` (written by the trial at each epoch end): its own values. At each epoch
@@ -10,13 +15,14 @@ whether it trails the earlier trials, as the server would with their histories.
 from __future__ import annotations
 
 import json
+import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-# Logged once per epoch (stopping.py): the only metrics early termination can compare, as
-# hyperband counts a run's logged values as its iterations.
-PER_EPOCH_METRICS = ("test_accuracy",)
+from ..metrics import PER_EPOCH
+
+STOP_SIGNAL = signal.SIGUSR2
 RULE_FILE = "early_terminate.json"
 EPOCHS_FILE = "epochs.json"
 THIS_RUN = "this-trial"
@@ -47,7 +53,7 @@ class EarlyTermination:
 
     def trails(self, values: list[float]) -> str | None:
         """Why this trial should stop now (W&B's hyperband line), or None to go on."""
-        from .sweep_engine import engine
+        from .engine import engine
 
         def run(name: str, state: str, history: list[float]) -> Any:
             rows = [{self.metric: v} for v in history]
@@ -63,7 +69,7 @@ class EarlyTermination:
         return f"early termination ({lines[-1].removeprefix(f'Run: {THIS_RUN} ')})"
 
 
-def read_epoch_values(folder: Path, metric: str = PER_EPOCH_METRICS[0]) -> list[float]:
+def read_epoch_values(folder: Path, metric: str = PER_EPOCH[0]) -> list[float]:
     try:
         values = json.loads((folder / EPOCHS_FILE).read_text()).get(metric, [])
     except (OSError, ValueError, AttributeError):

@@ -34,18 +34,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .cli import load_settings
-from .early_terminate import RULE_FILE, EarlyTermination, read_epoch_values
-from .errors import ConfigError, ExitCode, SweepGaveUp
-from .settings import ENV_PREFIX, Settings, env_name
-from .sweep import SUMMARY_METRICS, TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
+from .. import metrics
+from ..errors import ConfigError, ExitCode, SweepGaveUp
+from ..settings import Scope, Settings, env_name, fields_in, load_settings
+from ..wandb_env import resolve_mode
+from .spec import TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
+from .stop import RULE_FILE, EarlyTermination, read_epoch_values
 from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
-from .wandb_env import resolve_mode
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
 COUNT_ENV = "JOB_COMPLETIONS"  # set by our manifest to the Job's spec.completions
 RESULT_FILE = "run.json"  # written by job.py into the trial's output_dir
-PER_TRIAL_FIELDS = ("group", "run_name", "run_id")  # set per trial; not flags of `sweep run`
+# Each trial's names: set by the sweep, so not flags of `sweep run` (folders are: trials go under).
+PER_TRIAL_FIELDS = fields_in(Scope.IDENTITY)
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -266,7 +267,7 @@ class LocalSweep:
         self.config = config
         self.settings = settings
         self.opts = opts
-        self.metric = (config.get("metric") or {}).get("name", "test_accuracy")
+        self.metric = (config.get("metric") or {}).get("name", metrics.TEST_ACCURACY)
         self.maximize = (config.get("metric") or {}).get("goal", "maximize") == "maximize"
         self.name = str(config["name"])
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name).strip("-") or "sweep"
@@ -349,7 +350,7 @@ class LocalSweep:
 
     def leave_rule(self, folder: Path) -> None:
         """With ``early_terminate``: the rule and every earlier trial's per-epoch values, for
-        the trial to check at each epoch end (early_terminate.py); without: no file."""
+        the trial to check at each epoch end (stop.py); without: no file."""
         (folder / RULE_FILE).unlink(missing_ok=True)
         if "early_terminate" not in self.config:
             return
@@ -421,7 +422,7 @@ def run_local(file: str, rest: list[str]) -> int:
             "trainjob agent); unset it to run the sweep file locally"
         )
     resolve_mode()
-    config = load_sweep(file, metrics=SUMMARY_METRICS)
+    config = load_sweep(file, allowed=metrics.SUMMARY)
     clash = sorted(set(names) & (set(config["parameters"]) | set(PER_TRIAL_FIELDS)))
     if clash:
         raise ConfigError(
@@ -432,7 +433,6 @@ def run_local(file: str, rest: list[str]) -> int:
     check_local(config, opts)
     base = {k: v for k, v in os.environ.items()}
     base.update(flags_as_env(settings, [n for n in names if n in Settings.model_fields]))
-    base = {k: v for k, v in base.items() if not k.upper().startswith(ENV_PREFIX + "SWEEP_")}
     sweep = LocalSweep(config, settings, opts, base)
     runner = TrialRunner()  # its fork server starts with the first trial that has to run
     signals = SignalForwarder()

@@ -7,8 +7,8 @@ torchvision + wandb take 10-25 s on a 2-core CPU (AMD EPYC VM; bench/sweep_overh
 are forked from a *fork server* (``multiprocessing``'s ``forkserver``): a clean, single-threaded
 process that imports torch, torchvision, wandb, onnx and trainjob once, runs no torch op (so no
 OpenMP/CUDA state exists to be broken by ``fork``), and forks one child per trial. The child sets
-its environment, runs the same ``main(["train", ...])`` as the command line, and exits with the
-job's exit code. Where ``forkserver`` is missing (not Linux/macOS) trials are plain
+its environment, runs the same ``job.main`` as ``trainjob train`` on the command line, and exits
+with the job's exit code. Where ``forkserver`` is missing (not Linux/macOS) trials are plain
 ``subprocess`` children.
 
     python bench/sweep_overhead.py   # trial overhead, fork server vs. a cold process
@@ -27,7 +27,10 @@ from multiprocessing import forkserver
 from pathlib import Path
 from typing import Any
 
-from .errors import ExitCode, TrainjobError
+from ..errors import ExitCode, TrainjobError
+from ..settings import Scope, env_name, fields_in
+from .spec import TRIAL_COMMAND
+from .stop import STOP_SIGNAL
 
 # What a trial imports, found by diffing sys.modules around a whole job: torch, torchvision and
 # wandb are ~95% of the import time; wandb.init imports ``wandb.sdk.launch``, ``requests`` and
@@ -52,16 +55,14 @@ PRELOAD = (
     "trainjob.data",
     "trainjob.export",
     "trainjob.checkpoint",
+    "trainjob.history",
     "trainjob.train",
     "trainjob.model",
     "trainjob.runtime",
     "trainjob.stopping",
-    "trainjob.sweep_engine",  # offline early termination asks it at every epoch end
+    "trainjob.sweep.engine",  # offline early termination asks it at every epoch end
 )
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-# What a trial gets when its sweep stops it (early termination, a user's stop): end between
-# two steps, close the run, keep no checkpoint, exit 6. SIGTERM stays "preempted: checkpoint".
-STOP_SIGNAL = signal.SIGUSR2
 POLL_S = 0.5
 # Exit codes that are not a failure of the trial: done, stopped by the sweep, preempted
 # (W&B's own counter treats a preempted run as failed: wandb/wandb#12821).
@@ -80,9 +81,12 @@ def _trial_main(argv: list[str], env: dict[str, str], argv0: str) -> None:
     os.environ.clear()
     os.environ.update(env)
     sys.argv[:] = [argv0, *argv]  # what W&B records as the run's command line
-    from .__main__ import main
+    from ..job import main
 
-    code = main(argv)
+    command, flags = argv[: len(TRIAL_COMMAND)], argv[len(TRIAL_COMMAND) :]
+    if tuple(command) != TRIAL_COMMAND:  # the sweep drivers build every trial's command line
+        raise ValueError(f"a trial runs {' '.join(TRIAL_COMMAND)}, not {argv!r}")
+    code = main(flags)
     # multiprocessing children leave with os._exit (no atexit): end wandb's service here.
     wandb = sys.modules.get("wandb")
     if wandb is not None:
@@ -284,16 +288,15 @@ class FailureCounter:
         )
 
 
-SWEEP_ONLY_ENV = ("TRAINJOB_SWEEP_ID", "TRAINJOB_RUN_ID")
+# The sweep's own settings and one run's names never reach a trial: TRAINJOB_SWEEP_ID would make
+# a trial without a subcommand start another agent (the trial's command says ``train``
+# explicitly, too); TRAINJOB_RUN_ID would make every trial resume the same W&B run, and
+# TRAINJOB_RUN_NAME give every trial one name.
+SWEEP_ONLY_ENV = tuple(env_name(f) for f in fields_in(Scope.SWEEP, Scope.IDENTITY))
 
 
 def trial_env(base: Mapping[str, str], **overrides: str) -> dict[str, str]:
-    """The trial's environment: the sweep process's, minus what must not reach a trial.
-
-    TRAINJOB_SWEEP_ID would make a trial without a subcommand start another agent (the trial's
-    command says ``train`` explicitly, too); TRAINJOB_RUN_ID would make every trial resume the
-    same W&B run.
-    """
+    """The trial's environment: the sweep process's, minus ``SWEEP_ONLY_ENV``."""
     env = {k: v for k, v in base.items() if k.upper() not in SWEEP_ONLY_ENV}
     env.update(overrides)
     return env
