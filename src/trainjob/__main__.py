@@ -13,16 +13,15 @@ import sys
 import threading
 from collections.abc import Sequence
 
+from . import env_dirs
 from .cli import print_help, split_command, wants_help
-from .env_dirs import create_env_dirs, default_wandb_dirs
 from .errors import ConfigError, ExitCode, as_exit_code
 from .settings import load_settings
 
 
 def dispatch(command: list[str], rest: list[str]) -> int:
     """The sweep commands; ``train`` is ``job.main`` (what each sweep trial runs, too)."""
-    create_env_dirs()  # before anything reads TMPDIR (an empty volume has none of them)
-    default_wandb_dirs()  # W&B's artifact folders under WANDB_DIR unless set (W&B creates them)
+    env_dirs.prepare()
     if command == ["agent"]:
         from .sweep.agent import agent
 

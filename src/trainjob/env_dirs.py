@@ -50,3 +50,11 @@ def create_env_dirs(environ: Mapping[str, str] = os.environ) -> None:
                 f"{name}={value} is not writable ({exc.strerror or exc}); point {name} at a "
                 "writable folder (in the container: under the /workspace volume)"
             ) from None
+
+
+def prepare(environ: MutableMapping[str, str] = os.environ) -> None:
+    """What every command does first, before anything reads TMPDIR (an empty volume has none of
+    these folders): create the folders the environment names, and W&B's artifact folders go
+    under WANDB_DIR unless set (W&B creates those itself)."""
+    create_env_dirs(environ)
+    default_wandb_dirs(environ)

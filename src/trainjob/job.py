@@ -15,8 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import metrics
-from .env_dirs import create_env_dirs, default_wandb_dirs
+from . import env_dirs, metrics
 from .errors import (
     ConfigError,
     ExitCode,
@@ -203,8 +202,7 @@ def main(argv: Sequence[str]) -> int:
     settings from the environment and ``argv``, one job; an error is one line and its exit code."""
 
     def command() -> int:
-        create_env_dirs()  # before anything reads TMPDIR (an empty volume has none of them)
-        default_wandb_dirs()  # W&B's artifact folders under WANDB_DIR unless set
+        env_dirs.prepare()
         from .stopping import listen_early
 
         listen_early()  # a sweep's stop (SIGUSR2) during start-up must not kill the job
