@@ -130,7 +130,8 @@ def test_signals_checkpoint_and_exit_143(gauntlet) -> None:
         result = stages[name]
         assert result.rc == 143, (name, result)
         assert result.signal == signame
-        assert f"got {signame}; checkpointing after this step" in result.stderr
+        answer = "stopping the evaluation" if name == "eval" else "checkpointing after this step"
+        assert f"got {signame}; {answer}" in result.stderr
         assert "rerun the same command to resume" in result.stderr
         assert "Traceback" not in result.stderr
     assert "stopped at step 3 (epoch 0)" in stages["mid_epoch"].stderr
@@ -138,6 +139,7 @@ def test_signals_checkpoint_and_exit_143(gauntlet) -> None:
     assert "stopped at step 16 (epoch 0)" in stages["epoch_end"].stderr
     assert ckpts["epoch_end"] == [15, 16]  # periodic every 5 steps, keep the last two
     assert "stopped at step 32 (epoch 2)" in stages["eval"].stderr  # training done, eval not
+    assert 32 in ckpts["eval"]  # training's end, written by the last epoch end, before eval
 
 
 def test_each_restart_resumes_where_the_last_one_stopped(gauntlet) -> None:

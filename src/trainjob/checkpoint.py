@@ -164,6 +164,15 @@ def _as_python_state(value: Any) -> Any:
     return tuple(_as_python_state(v) for v in value) if isinstance(value, list) else value
 
 
+# What a signal does in each phase of a job, as the job says it when the signal arrives.
+SIGNAL_ANSWERS = {
+    "training": "checkpointing after this step",
+    # The last epoch's end is already checkpointed: the job stops, a rerun evaluates again.
+    "evaluating": "stopping the evaluation; training is checkpointed",
+    "finishing": "finishing: training is done, the run completes (exit 0)",
+}
+
+
 class Signals:
     """SIGTERM / SIGINT / SIGUSR1 as a flag: the handler only records the signal; the loop's
     hooks (``Checkpointer``) read it between steps. Installed on its own, before the W&B run
@@ -171,7 +180,7 @@ class Signals:
 
     def __init__(self) -> None:
         self.signal: int | None = None
-        self.done = False  # training and evaluation are over: a signal no longer stops the job
+        self.phase = "training"  # then "evaluating", then "finishing" (set by Checkpointer)
         self._previous_handlers: dict[int, Any] = {}
 
     def install(self) -> None:
@@ -187,11 +196,7 @@ class Signals:
         # Only set a flag: the loop finishes its current step and checkpoints from there.
         if self.signal is None:
             self.signal = signum
-            what = (
-                "finishing: training is done, the run completes (exit 0)"
-                if self.done
-                else "checkpointing after this step"
-            )
+            what = SIGNAL_ANSWERS[self.phase]
             print(
                 f"trainjob: got {signal.Signals(signum).name}; {what}", file=sys.stderr, flush=True
             )
@@ -266,11 +271,16 @@ class Checkpointer(Hooks):
         if self.signal is not None:
             self._stop(progress, save=False)
 
+    def evaluating(self) -> None:
+        """Training is over and its end checkpointed (the last ``after_epoch``): a signal from
+        here stops the evaluation without another checkpoint (``during_eval``)."""
+        self.signals.phase = "evaluating"
+
     def finishing(self) -> None:
         """Training and evaluation are over. The handlers stay installed (a signal must not
         kill W&B's finish halfway), but from here a signal only lets the job complete:
         stopping now would throw away a finished training for a rerun of the evaluation."""
-        self.signals.done = True
+        self.signals.phase = "finishing"
 
     def during_eval(self, progress: Progress) -> None:
         # Training is over and its final state is already saved (after_epoch, or the checkpoint

@@ -423,6 +423,7 @@ def _train_and_export(
         watcher=job.watcher,
     )
     train_s = time.perf_counter() - train_start
+    saver.evaluating()  # a signal from here on: stop; training's end is already checkpointed
     accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, hooks, progress)
     hooks.record(accuracy)
     saver.finishing()  # a signal from here on: the job completes (exit 0)
