@@ -26,14 +26,15 @@ def dispatch(command: list[str], rest: list[str]) -> int:
         from .sweep.agent import agent
 
         return agent(load_settings(rest))
+    sweep_file = command[2] if len(command) > 2 else "sweep.yaml"
     if command[:2] == ["sweep", "create"]:
         from .sweep.server import create
 
-        return create(command[2] if len(command) > 2 else "sweep.yaml", rest)
+        return create(sweep_file, rest)
     if command[:2] == ["sweep", "run"]:
         from .sweep.local import run_local
 
-        return run_local(command[2] if len(command) > 2 else "sweep.yaml", rest)
+        return run_local(sweep_file, rest)
     raise ConfigError(
         f"unknown command {' '.join(command)!r}; use train, agent, sweep create or sweep run"
     )

@@ -247,7 +247,7 @@ class Settings(BaseSettings):
 
     def run_config(self) -> dict[str, Any]:
         """The hyperparameters logged as the W&B config: JSON-safe, no paths, no secrets."""
-        data = self.model_dump(mode="json", exclude=set(fields_except(Scope.LEARNED)))
+        data = self.model_dump(mode="json", include=set(fields_in(Scope.LEARNED)))
         data["project"] = self.resolved_project
         return data
 
@@ -260,10 +260,6 @@ def scope_of(name: str) -> Scope:
 def fields_in(*scopes: Scope) -> tuple[str, ...]:
     """The fields of these scopes, in declaration order."""
     return tuple(name for name in Settings.model_fields if scope_of(name) in scopes)
-
-
-def fields_except(scope: Scope) -> tuple[str, ...]:
-    return tuple(name for name in Settings.model_fields if scope_of(name) is not scope)
 
 
 def env_name(field: str) -> str:
