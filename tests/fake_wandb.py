@@ -110,16 +110,24 @@ class Sweeps:
 
 
 def _graphql_answer(
-    base: str, op: str, variables: dict[str, Any], runs: dict[str, str] | None = None
+    base: str,
+    op: str,
+    variables: dict[str, Any],
+    runs: dict[str, str] | None = None,
+    steps: dict[str, list[int]] | None = None,
 ) -> dict[str, Any]:
     runs = runs if runs is not None else {}
+    steps = steps if steps is not None else {}
     if op == "Run":  # wandb.Api().run(path): the runs this server has seen, with their state
         name = variables.get("name") or ""
         if name not in runs:
             return {"project": None}
         run = {"id": "UnVuOjE=", "name": name, "displayName": name, "state": runs[name]}
         run.update(projectId="1", config="{}", summaryMetrics="{}", systemMetrics="{}")
-        run.update(tags=[], historyLineCount=0, historyKeys=None)
+        # The history rows it received: their count and the last step, as W&B reports them.
+        got = steps.get(name, [])
+        keys = {"lastStep": max(got), "keys": {}} if got else None
+        run.update(tags=[], historyLineCount=len(got), historyKeys=keys)
         run["user"] = {"name": "fake", "username": "fake"}
         return {"project": {"run": run}}
     if op == "RunResumeStatus":  # the run is new here: nothing to resume
@@ -175,6 +183,7 @@ def serve(mode: str, log: Path, die_on_stream: int, plan: list[dict[str, Any]]) 
     lock = threading.Lock()
     streams = {"n": 0}
     runs: dict[str, str] = {}  # run id -> state, as W&B reports it ("running", "finished")
+    steps: dict[str, list[int]] = {}  # run id -> the history steps it received
     sweeps = Sweeps(plan)
 
     class Handler(BaseHTTPRequestHandler):
@@ -216,13 +225,15 @@ def serve(mode: str, log: Path, die_on_stream: int, plan: list[dict[str, Any]]) 
                         payload = {"data": sweeps.answer(op, variables)}
                 else:
                     with lock:
-                        payload = {"data": _graphql_answer(base, op, variables, runs)}
+                        payload = {"data": _graphql_answer(base, op, variables, runs, steps)}
             elif self.path.endswith("/file_stream"):
                 stream = json.loads(body or b"{}")
                 files = stream.get("files", {})
                 rows = files.get("wandb-history.jsonl", {}).get("content", [])
                 entry["history"] = [json.loads(row)["_step"] for row in rows]
                 entry["run"] = self.path.split("/")[-2]
+                with lock:
+                    steps.setdefault(entry["run"], []).extend(entry["history"])
                 if stream.get("complete"):  # the run's last upload: it ended, with this code
                     entry["exitcode"] = stream.get("exitcode")
                     with lock:

@@ -10,9 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainjob import checkpoint, history
+from trainjob import checkpoint, history, identity
 from trainjob.errors import Preempted, StorageError
-from trainjob.job import job_checkpoint_dir
 from trainjob.model import ConvNet
 from trainjob.settings import Settings
 from trainjob.train import Progress
@@ -176,10 +175,15 @@ def test_history_drops_rows_the_run_already_has_and_replays_lost_ones() -> None:
     assert list(rows.rows) == [*lost, (256, {"loss": 0.7})]  # for the next checkpoint
 
 
-def test_sweep_trials_get_their_own_checkpoint_folder(monkeypatch, tmp_path: Path) -> None:
-    settings = Settings(checkpoint_dir=tmp_path)
+def test_every_run_id_gets_its_own_checkpoint_folder(monkeypatch, tmp_path: Path) -> None:
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path / "wandb-dir"))
     monkeypatch.delenv("WANDB_SWEEP_ID", raising=False)
     monkeypatch.setenv("WANDB_RUN_ID", "abc123")
-    assert job_checkpoint_dir(settings) == tmp_path  # a plain job: its own folder
+    settings = Settings(checkpoint_dir=tmp_path, output_dir=tmp_path / "out", run_id="mine")
+    claim = identity.claim(settings, "disabled")
+    claim.lease.release()
+    assert claim.ckpt_dir == tmp_path / "mine"  # a plain job: its run id's folder
     monkeypatch.setenv("WANDB_SWEEP_ID", "sweep9")
-    assert job_checkpoint_dir(settings) == tmp_path / "abc123"  # requeued trial: same id
+    claim = identity.claim(settings, "disabled")
+    claim.lease.release()
+    assert claim.ckpt_dir == tmp_path / "abc123"  # a (requeued) W&B sweep trial: the agent's id

@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import hashlib
 import io
-import os
 import pickle
 import random
 import re
@@ -28,40 +27,13 @@ from typing import Any
 import torch
 
 from .errors import Preempted, StorageError
+from .records import write_atomic
 from .train import Hooks, Progress
 
 MAGIC = b"TRAINJOB-CKPT-1\n"
 KEEP = 2
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
 HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
-
-
-def _fsync_dir(directory: Path) -> None:
-    fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
-
-
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``path`` so that it is either the old file or the complete new one, never half.
-
-    On ENOSPC the temp file is removed and the previous checkpoint survives untouched.
-    """
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise StorageError(
-            f"could not write {path}: {exc.strerror or exc}; the previous file is kept"
-        ) from None
 
 
 def encode(state: dict[str, Any]) -> bytes:

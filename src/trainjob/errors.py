@@ -26,6 +26,14 @@ class ExitCode(IntEnum):
     # No answer from the W&B server at WANDB_BASE_URL where nothing can fall back offline
     # (trainjob agent, trainjob sweep create): the network or the server, not the input.
     WANDB_UNREACHABLE = 8
+    # Another live job holds this run id's lease (a re-applied Job whose old pod still runs, a
+    # second `docker run`): two processes must never write one run. Worth a retry later: the
+    # holder may be gone by then (a dead holder's lease expires after TRAINJOB_LEASE_TTL_S).
+    RUN_IN_USE = 9
+    # The run id already has W&B history but no checkpoint to continue it from (a pod moved to
+    # a node without its volume, a deleted checkpoint folder): training again from scratch under
+    # that id would splice two trainings into one curve. Start a new run instead.
+    HISTORY_WITHOUT_CHECKPOINT = 10
     PREEMPTED = 143  # SIGTERM/SIGINT/SIGUSR1: checkpoint written, rerun to resume (128 + 15)
 
 
@@ -49,6 +57,14 @@ class DivergedError(TrainjobError):
 
 class StorageError(TrainjobError):
     exit_code = ExitCode.STORAGE
+
+
+class RunInUse(TrainjobError):
+    exit_code = ExitCode.RUN_IN_USE
+
+
+class HistoryWithoutCheckpoint(TrainjobError):
+    exit_code = ExitCode.HISTORY_WITHOUT_CHECKPOINT
 
 
 class Preempted(TrainjobError):

@@ -127,45 +127,37 @@ def last_history_step(path: Path) -> int | None:
     A file cut short by SIGKILL ends in a partial record: it is ignored, like wandb's own reader
     does; an unreadable file counts as empty (with a warning) rather than stopping the job.
     """
+    if not path.is_file():
+        return None
+    return scan_run_file(path, warn=True)[0]
+
+
+def scan_run_file(path: Path, warn: bool = False) -> tuple[int | None, int | None]:
+    """One pass over a ``.wandb`` file: (the highest history ``_step`` or None, the exit
+    record's code or None). A missing or unreadable file gives (None, None)."""
     from wandb.proto import wandb_internal_pb2
 
     try:
         blob = path.read_bytes()
     except OSError as exc:
-        print(f"trainjob: warning: cannot read {path}: {exc}", file=sys.stderr)
-        return None
+        if warn:
+            print(f"trainjob: warning: cannot read {path}: {exc}", file=sys.stderr)
+        return None, None
     last: int | None = None
+    code: int | None = None
     for payload in _records(blob):
         record = wandb_internal_pb2.Record()
         try:
             record.ParseFromString(payload)
         except Exception:  # a corrupt record (DecodeError): skip it, keep reading
             continue
-        if record.WhichOneof("record_type") == "history":
+        kind = record.WhichOneof("record_type")
+        if kind == "history":
             step = record.history.step.num
             last = step if last is None else max(last, step)
-    return last
-
-
-def exit_code_of(path: Path) -> int | None:
-    """The exit code in a ``.wandb`` file's exit record (the run ended), None if it has none
-    (still running, or killed before ``finish``) or cannot be read."""
-    from wandb.proto import wandb_internal_pb2
-
-    try:
-        blob = path.read_bytes()
-    except OSError:
-        return None
-    code: int | None = None
-    for payload in _records(blob):
-        record = wandb_internal_pb2.Record()
-        try:
-            record.ParseFromString(payload)
-        except Exception:  # a corrupt record (DecodeError): skip it
-            continue
-        if record.WhichOneof("record_type") == "exit":
+        elif kind == "exit":
             code = record.exit.exit_code
-    return code
+    return last, code
 
 
 def _records(blob: bytes) -> Iterator[bytes]:

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 from collections.abc import Sequence
@@ -15,7 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from . import env_dirs, metrics
+from . import env_dirs, metrics, records
 from .errors import (
     ConfigError,
     ExitCode,
@@ -25,7 +24,7 @@ from .errors import (
     TrialStopped,
     as_exit_code,
 )
-from .settings import Settings, env_name, load_settings
+from .settings import Settings, load_settings
 from .wandb_env import resolve_mode
 
 if TYPE_CHECKING:  # the heavy imports (torch, wandb) stay inside the phases that need them
@@ -34,6 +33,7 @@ if TYPE_CHECKING:  # the heavy imports (torch, wandb) stay inside the phases tha
     from .checkpoint import Checkpointer, Signals
     from .data import Data
     from .history import History
+    from .identity import Claim
     from .stopping import StopRequest
     from .tracking import Tracker
     from .train import LoopStats, Progress
@@ -57,25 +57,18 @@ def check_writable(dirs: dict[str, Path]) -> None:
             ) from None
 
 
-def writable_dirs(settings: Settings, ckpt_dir: Path) -> dict[str, Path]:
+def writable_dirs(settings: Settings) -> dict[str, Path]:
     """Every folder a job writes to: ours, W&B's (those set; WANDB_DIR defaults to the current
     folder) and the temp folder."""
     dirs = {
         "TRAINJOB_OUTPUT_DIR": settings.output_dir,
-        "TRAINJOB_CHECKPOINT_DIR": ckpt_dir,
+        "TRAINJOB_CHECKPOINT_DIR": settings.ckpt_dir,
         "WANDB_DIR": Path(os.environ.get("WANDB_DIR") or "."),
     }
     for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "TMPDIR"):
         if os.environ.get(var):
             dirs[var] = Path(os.environ[var])
     return dirs
-
-
-def job_checkpoint_dir(settings: Settings) -> Path:
-    """Trials of a W&B sweep share TRAINJOB_CHECKPOINT_DIR; each gets its own folder under it,
-    keyed by the run id the agent assigns (the same id when W&B requeues a preempted run)."""
-    sweep_run = os.environ.get("WANDB_RUN_ID") if os.environ.get("WANDB_SWEEP_ID") else None
-    return settings.ckpt_dir / sweep_run if sweep_run else settings.ckpt_dir
 
 
 def _check_resumable(state: dict[str, Any], settings: Settings) -> None:
@@ -88,80 +81,6 @@ def _check_resumable(state: dict[str, Any], settings: Settings) -> None:
             f"checkpoint {state['path']} was written with other settings ({detail}); use another "
             "TRAINJOB_CHECKPOINT_DIR or delete it to start over"
         )
-
-
-def refuse_finished(settings: Settings, run_id: str, mode: str, from_checkpoint: bool) -> None:
-    """A run id means one run: resume what was interrupted, never reopen a finished run (a
-    second job under the same id would log its config and summary into it, and ``wandb sync``
-    would merge both). ConfigError (exit 2) when ``run_id`` is recorded as complete."""
-    from . import tracking
-
-    record = read_run_record(run_record_path(settings.output_dir, run_id))
-    where = (
-        str(run_record_path(settings.output_dir, run_id)) if record.get("exit_code") == 0 else None
-    )
-    where = where or tracking.finished_run(settings, run_id, mode)
-    if where is None:
-        return
-    if from_checkpoint:  # left behind by a job that finished (killed before removing it)
-        raise ConfigError(
-            f"the checkpoint in {job_checkpoint_dir(settings)} belongs to W&B run {run_id}, which "
-            f"already finished ({where}); delete that checkpoint to start a new run"
-        )
-    raise ConfigError(
-        f"{env_name('run_id')}={run_id} names W&B run {run_id}, which already finished ({where}); "
-        f"a run id means one run: set a new {env_name('run_id')} (or none, for a generated one)"
-    )
-
-
-def run_record_path(output_dir: Path, run_id: str | None = None) -> Path:
-    """Where a job's ``run.json`` is: ``<output_dir>/<run_id>/run.json`` for one run, and
-    ``<output_dir>/run.json`` (a link to the latest job's) without ``run_id``."""
-    return (output_dir / run_id if run_id else output_dir) / "run.json"
-
-
-def read_run_record(path: Path) -> dict[str, Any]:
-    try:
-        record = json.loads(path.read_text())
-    except (OSError, ValueError):
-        return {}
-    return record if isinstance(record, dict) else {}
-
-
-def write_run_record(
-    settings: Settings, tracker: Tracker, exit_code: int, summary: dict[str, Any]
-) -> None:
-    """``<output_dir>/run.json``: how the job ended, its W&B run folder and its summary. Offline
-    sweeps read trial results back from it (sweep/local.py). Best effort: never masks an error."""
-    record = {
-        "exit_code": exit_code,
-        "run_id": tracker.run_id,
-        "mode": tracker.mode,
-        "run_dir": str(tracker.run_dir) if tracker.run_dir else None,
-        "summary": summary,
-    }
-    path = run_record_path(settings.output_dir, tracker.run_id)
-    tmp = path.with_name(f".run.json.{os.getpid()}.tmp")
-    try:  # via a temp file: a full disk leaves no empty or half-written run.json behind
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp.write_text(json.dumps(record, indent=1) + "\n")
-        os.replace(tmp, path)
-        point_latest(run_record_path(settings.output_dir), path)
-    except OSError:
-        tmp.unlink(missing_ok=True)
-
-
-def point_latest(link: Path, target: Path) -> None:
-    """Make ``link`` (``outputs/model.onnx``, ``outputs/run.json``) lead to the latest job's
-    ``target`` (``outputs/<run_id>/...``): a relative symlink, swapped in atomically, so the
-    folder can be moved or mounted elsewhere; a copy where the file system has no symlinks."""
-    tmp = link.with_name(f".{link.name}.{os.getpid()}.link")
-    try:
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(os.path.relpath(target, link.parent))
-    except OSError:
-        shutil.copyfile(target, tmp)
-    os.replace(tmp, link)
 
 
 @dataclass
@@ -212,19 +131,30 @@ def main(argv: Sequence[str]) -> int:
 
 
 def run(settings: Settings) -> int:
-    """One job, in five phases: preflight, build, resume-or-start, train-and-export, finish."""
+    """One job: preflight, claim its run id (identity.py), then build, resume-or-start,
+    train-and-export and finish; the run id's lease is held until the very end."""
+    started = time.perf_counter()
+    wandb_mode = _preflight(settings)
+    from . import identity
+
+    claim = identity.claim(settings, wandb_mode)
+    try:
+        return _run_claimed(settings, claim, wandb_mode, started)
+    finally:
+        claim.lease.release()
+
+
+def _run_claimed(settings: Settings, claim: Claim, wandb_mode: str, started: float) -> int:
     from . import checkpoint, stopping
 
-    started = time.perf_counter()
-    ckpt_dir, wandb_mode = _preflight(settings)
     built = _build(settings)
     signals = checkpoint.Signals()
     signals.install()  # from here on SIGTERM means "checkpoint and exit 143", not "die"
     stop = stopping.StopRequest()  # a sweep's stop: end after this step, exit 6, no checkpoint
     stop.install()
-    job = _resume_or_start(settings, built, ckpt_dir, wandb_mode, signals, stop)
+    job = _resume_or_start(settings, built, claim, wandb_mode, signals, stop)
     saver = checkpoint.Checkpointer(
-        ckpt_dir,
+        claim.ckpt_dir,
         built.model,
         built.optimizer,
         every_steps=settings.checkpoint_every_steps,
@@ -240,7 +170,7 @@ def run(settings: Settings) -> int:
         exit_code = ExitCode.OK
     except TrainjobError as exc:
         exit_code = exc.exit_code
-        summary = _failed(exc, job, ckpt_dir)
+        summary = _failed(exc, job, claim.ckpt_dir)
         raise
     finally:
         _finish(settings, job.tracker, exit_code, summary, saver, stop)
@@ -248,7 +178,7 @@ def run(settings: Settings) -> int:
     # A finished job leaves no checkpoint behind, so running the command again starts a new run
     # instead of "resuming" a completed one. Only now: a job killed before its run was finished
     # resumes from the last checkpoint and finishes it.
-    _remove_checkpoints(ckpt_dir)
+    _remove_checkpoints(claim.ckpt_dir)
 
     wall = time.perf_counter() - started
     print(
@@ -261,16 +191,14 @@ def run(settings: Settings) -> int:
     return int(ExitCode.OK)
 
 
-def _preflight(settings: Settings) -> tuple[Path, str]:
+def _preflight(settings: Settings) -> str:
     """Everything that can fail before any data is touched: the W&B mode, the folders the job
-    writes to, the W&B key. Returns the checkpoint folder and the W&B mode to run in."""
+    writes to, the W&B key. Returns the W&B mode to run in."""
     from . import tracking
 
     resolve_mode()  # a bad WANDB_MODE fails here, before any data is touched
-    ckpt_dir = job_checkpoint_dir(settings)
-    check_writable(writable_dirs(settings, ckpt_dir))
-    wandb_mode = tracking.choose_mode(settings)  # bad key: exit 2 here; no server: offline
-    return ckpt_dir, wandb_mode
+    check_writable(writable_dirs(settings))
+    return tracking.choose_mode(settings)  # bad key: exit 2 here; no server: offline
 
 
 def _build(settings: Settings) -> _Built:
@@ -306,27 +234,24 @@ def _build(settings: Settings) -> _Built:
 def _resume_or_start(
     settings: Settings,
     built: _Built,
-    ckpt_dir: Path,
+    claim: Claim,
     wandb_mode: str,
     signals: Signals,
     stop: StopRequest,
 ) -> _Started:
-    """Restore the latest checkpoint (if any), refuse a finished run id, start the W&B run and
-    continue its history where the interrupted process left it."""
+    """Restore the claimed run's checkpoint (if any), start the W&B run and continue its
+    history where the interrupted process left it."""
     from . import checkpoint, runtime, tracking
     from .history import History, history_floor
     from .train import Progress
     from .watch import Watcher
 
     progress = Progress()
-    state = checkpoint.load_latest(ckpt_dir)
+    state = claim.state
     if state is not None:
         _check_resumable(state, settings)
         progress = checkpoint.restore(state, built.model, built.optimizer)
         print(f"trainjob: resuming from {state['path']} at step {progress.step}", file=sys.stderr)
-    run_id = (state or {}).get("run_id") or settings.run_id
-    if run_id and not os.environ.get("WANDB_SWEEP_ID"):  # in a sweep the agent owns the id
-        refuse_finished(settings, run_id, wandb_mode, from_checkpoint=state is not None)
     if signals.signal is not None:  # stopped during setup: exit before creating a W&B run
         raise Preempted("stopped by a signal before training started; rerun the same command")
 
@@ -338,7 +263,7 @@ def _resume_or_start(
     }
     print(f"trainjob: {json.dumps(extra['env'])}", file=sys.stderr)
     tracker = tracking.start(
-        settings, extra, run_id=run_id, mode=wandb_mode, on_stop=stop.from_wandb
+        settings, extra, run_id=claim.run_id, mode=wandb_mode, on_stop=stop.from_wandb
     )
     watcher = None
     if settings.watcher == "trainjob" and settings.watch_log != "none" and tracker.enabled:
@@ -400,14 +325,13 @@ def _train_and_export(
         history,
         settings.epochs,
         settings.output_dir,
+        records.run_folder(settings.output_dir, tracker.run_id),
         progress,
     )
     job.epoch_values = hooks.values  # for the summary of a trial stopped while training
     saver.stop_if_signalled(progress)
     if job.state is not None:
         checkpoint.restore_rng(job.state["rng"])  # last, so that nothing in setup draws from it
-    train_start = time.perf_counter()
-    start_examples = progress.examples_seen
     stats = LoopStats()
     progress = train(
         train_model,
@@ -422,7 +346,6 @@ def _train_and_export(
         stats=stats,
         watcher=job.watcher,
     )
-    train_s = time.perf_counter() - train_start
     saver.evaluating()  # a signal from here on: stop; training's end is already checkpointed
     accuracy = evaluate(train_model, dataset.test, cfg.channels_last, cfg.bf16, hooks, progress)
     hooks.record(accuracy)
@@ -430,14 +353,15 @@ def _train_and_export(
     # A row of its own after the last training row (which may sit at examples_seen): a job
     # resumed during evaluation must not write to a step the history already has.
     history.log({metrics.TEST_ACCURACY: accuracy}, step=progress.examples_seen + 1)
-    samples_per_s = (progress.examples_seen - start_examples) / max(train_s, 1e-9)
+    # Over the whole run, every process of it: a job resumed after its last step trains none.
+    samples_per_s = progress.examples_seen / max(progress.train_s, 1e-9)
 
     # One folder per run: a later job (another run id) never overwrites this model.
-    model_path = settings.output_dir / tracker.run_id / "model.onnx"
+    model_path = records.run_folder(settings.output_dir, tracker.run_id) / "model.onnx"
     sample = data.to_float(dataset.test.images[:16])
     export.export_onnx(model, sample, model_path, settings.onnx_exporter)
     try:
-        point_latest(settings.output_dir / "model.onnx", model_path)
+        records.point_latest(settings.output_dir / "model.onnx", model_path)
     except OSError as exc:
         raise StorageError(
             f"could not write {settings.output_dir / 'model.onnx'}: {exc.strerror or exc}; "
@@ -447,7 +371,7 @@ def _train_and_export(
     summary = {
         metrics.TEST_ACCURACY: accuracy,
         metrics.SAMPLES_PER_S: samples_per_s,
-        metrics.TRAIN_S: train_s,
+        metrics.TRAIN_S: progress.train_s,
         metrics.STEADY_SAMPLES_PER_S: stats.steady_samples_per_s(),
         metrics.COMPILE_S if settings.compile else metrics.WARMUP_S: stats.warmup_s,
         metrics.ONNX_MAX_ABS_DIFF: diff,
@@ -494,7 +418,12 @@ def _finish(
     # Handlers stay installed through finish: a SIGTERM after training only sets the flag
     # and the job completes (exit 0) instead of dying halfway through W&B's finish.
     tracker.finish(exit_code=int(exit_code))
-    write_run_record(settings, tracker, int(exit_code), summary)
+    record = records.RunRecord(int(exit_code), tracker.run_id, tracker.mode, None, summary)
+    record.run_dir = str(tracker.run_dir) if tracker.run_dir else None
+    try:  # best effort: never masks the job's own error; the W&B run has everything
+        record.write(settings.output_dir)
+    except StorageError as exc:
+        print(f"trainjob: warning: {exc}", file=sys.stderr)
     saver.uninstall()
     stop.uninstall()
     # A resumed offline run is split over one folder per process: upload them together.

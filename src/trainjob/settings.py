@@ -154,13 +154,23 @@ class Settings(BaseSettings):
         Path("outputs"), description="Model and run summary output folder."
     )
     checkpoint_dir: Annotated[Path | None, PLACE] = Field(
-        None, description="Checkpoint folder; default <output_dir>/checkpoints."
+        None,
+        description="Checkpoint folder, one folder per run id inside; default "
+        "<output_dir>/checkpoints.",
     )
     checkpoint_every_steps: Annotated[int, RUNTIME] = Field(
         0, ge=0, description="Checkpoint every n optimizer steps; 0 = off."
     )
     checkpoint_every_s: Annotated[float, RUNTIME] = Field(
         60.0, ge=0, allow_inf_nan=False, description="Checkpoint every n seconds; 0 = off."
+    )
+    lease_ttl_s: Annotated[float, RUNTIME] = Field(
+        30.0,
+        ge=1,
+        le=3600,
+        allow_inf_nan=False,
+        description="A run id's lease (one live job per id) expires this long after its "
+        "holder's last heartbeat.",
     )
     progress: Annotated[bool, RUNTIME] = Field(
         True, description="A progress bar on a terminal; false (or no terminal): plain lines."
@@ -182,7 +192,9 @@ class Settings(BaseSettings):
         None, gt=0, description="Trials this agent runs; default all."
     )
     max_consecutive_failures: Annotated[int, SWEEP] = Field(
-        3, gt=0, description="Agent stops (exit 1) after this many failed trials in a row."
+        3,
+        gt=0,
+        description="Agent / sweep run stops (exit 7) after this many failed trials in a row.",
     )
 
     @field_validator("kernels", mode="before")

@@ -10,26 +10,26 @@ stop status and calls ``wandb.Settings.stop_fn``, wandb/sdk/lib/run_stopping.py;
 SIGINT to the main thread, would look like a preemption here). Either only sets a flag; the loop
 ends after its current step with ``TrialStopped`` (exit 6): no checkpoint, the run closed.
 
-Offline early termination (``trainjob sweep run``): the sweep driver leaves ``RULE_FILE`` in the
-trial's output folder (the sweep's ``metric`` and ``early_terminate`` and every earlier trial's
-per-epoch values); at each epoch end this trial asks W&B's engine (``sweeps.stop_runs``) whether
-it trails, and stops between two epochs if so (sweep/stop.py). ``EPOCHS_FILE`` holds this
-trial's own values.
+Offline early termination (``trainjob sweep run``): the sweep driver leaves its rule
+(records.RULE_FILE) in the trial's output folder: the sweep's ``metric`` and
+``early_terminate`` and every earlier trial's per-epoch values. At each epoch end this trial
+asks W&B's engine (``sweeps.stop_runs``) whether it trails, and stops between two epochs if so
+(sweep/stop.py). The run folder's ``epochs.json`` (records.EPOCHS_FILE) holds its own values.
 """
 
 from __future__ import annotations
 
-import json
-import os
+import contextlib
 import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from .errors import TrialStopped
+from .errors import StorageError, TrialStopped
 from .metrics import PER_EPOCH
-from .sweep.stop import EPOCHS_FILE, STOP_SIGNAL, EarlyTermination, read_epoch_values
+from .records import read_epoch_values, write_epoch_values
+from .sweep.stop import STOP_SIGNAL, EarlyTermination
 from .train import Hooks, Progress
 
 # A stop that came before the job installed its ``StopRequest`` (during start-up, data loading):
@@ -92,7 +92,8 @@ class EpochEnd(Hooks):
         evaluate: Callable[[], float],
         history: Any,
         epochs: int,
-        folder: Path,
+        rule_folder: Path,
+        run_folder: Path,
         progress: Progress,
     ) -> None:
         self.inner = inner
@@ -100,10 +101,10 @@ class EpochEnd(Hooks):
         self.evaluate = evaluate
         self.history = history
         self.epochs = epochs
-        self.file = folder / EPOCHS_FILE
-        self.rule = EarlyTermination.load(folder)
+        self.run_folder = run_folder
+        self.rule = EarlyTermination.load(rule_folder)
         # A resumed job keeps the values of the epochs it does not run again.
-        self.values: list[float] = read_epoch_values(folder)[: progress.epoch]
+        self.values: list[float] = read_epoch_values(run_folder, PER_EPOCH[0])[: progress.epoch]
 
     def after_step(self, progress: Progress) -> None:
         self.stop.check(progress)
@@ -126,11 +127,7 @@ class EpochEnd(Hooks):
         self.inner.during_eval(progress)
 
     def record(self, value: float) -> None:
-        """One epoch's value, kept in ``EPOCHS_FILE`` for the sweep driver (atomically)."""
+        """One epoch's value, kept in the run folder's ``epochs.json`` for the sweep driver."""
         self.values.append(float(value))
-        tmp = self.file.with_name(f".{self.file.name}.{os.getpid()}.tmp")
-        try:
-            tmp.write_text(json.dumps({PER_EPOCH[0]: self.values}) + "\n")
-            os.replace(tmp, self.file)
-        except OSError:  # best effort: the W&B history has every value too
-            tmp.unlink(missing_ok=True)
+        with contextlib.suppress(StorageError):  # best effort: the W&B history has every value
+            write_epoch_values(self.run_folder, PER_EPOCH[0], self.values)

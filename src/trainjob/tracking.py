@@ -20,6 +20,7 @@ import shutil
 import sys
 import time
 from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -27,7 +28,7 @@ import wandb
 from torch import nn
 
 from .errors import ConfigError, StorageError
-from .history import exit_code_of
+from .history import scan_run_file
 from .settings import Settings
 from .wandb_env import base_url, has_api_key, redact, resolve_mode
 from .wandb_server import REJECTED, check_server
@@ -220,27 +221,49 @@ def choose_mode(settings: Settings) -> str:
     return "offline"
 
 
-def finished_run(settings: Settings, run_id: str, mode: str) -> str | None:
-    """Where run ``run_id`` is recorded as complete (exit 0), or None if it is new or was
-    interrupted. A run id names one run: a finished one is never written into again.
+@dataclass
+class Trace:
+    """What is known of a run id before a job starts it: where it is recorded as finished (exit
+    0), if anywhere, and the last step its history holds (-1: none) and where."""
 
-    Looked up in the run folders under WANDB_DIR (offline runs and the local copies of online
-    ones: their exit record) and, online, on the server (the run's state). W&B itself cannot
-    refuse it: ``resume="allow"`` reopens a finished run as readily as an interrupted one, and
-    ``resume="never"`` refuses both."""
+    finished: str | None = None
+    last_step: int = -1
+    where: str | None = None
+
+    def saw(self, step: int | None, where: str) -> None:
+        if step is not None and step > self.last_step:
+            self.last_step, self.where = step, where
+
+
+def run_trace(settings: Settings, run_id: str, mode: str) -> Trace:
+    """The traces of run ``run_id``: the run folders under WANDB_DIR (offline runs and the local
+    copies of online ones: their exit and history records) and, online, the server's run (its
+    state and last history step). W&B itself cannot tell: ``resume="allow"`` reopens a finished
+    run as readily as an interrupted one, and ``resume="never"`` refuses both."""
+    trace = Trace()
     root = Path(os.environ.get("WANDB_DIR") or ".") / "wandb"
     for folder in sorted(root.glob(f"*-{run_id}")) if root.is_dir() else []:
-        if exit_code_of(folder / f"run-{run_id}.wandb") == 0:
-            return str(folder)
+        last_step, exit_code = scan_run_file(folder / f"run-{run_id}.wandb")
+        if exit_code == 0 and trace.finished is None:
+            trace.finished = str(folder)
+        trace.saw(last_step, str(folder))
     if mode not in ("online", "shared"):
-        return None
+        return trace
     try:
         api = wandb.Api(timeout=settings.wandb_init_timeout)  # type: ignore[arg-type]
         path = f"{api.default_entity}/{settings.resolved_project}/{run_id}"
-        state = api.run(path).state
-    except Exception:  # not found (ValueError), or no answer: nothing to refuse
-        return None
-    return f"{base_url()} {path}" if state == "finished" else None
+        run = api.run(path)
+        state = run.state
+        keys = getattr(run, "historyKeys", None) or {}
+        lines = int(getattr(run, "historyLineCount", 0) or 0)
+    except Exception:  # not found (ValueError), or no answer: nothing known there
+        return trace
+    where = f"{base_url()} {path}"
+    if state == "finished" and trace.finished is None:
+        trace.finished = where
+    last = keys.get("lastStep") if isinstance(keys, dict) else None
+    trace.saw(int(last) if isinstance(last, int) else (0 if lines > 0 else None), where)
+    return trace
 
 
 def start(

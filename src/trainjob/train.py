@@ -64,6 +64,9 @@ class Progress:
     # Sum of the batch losses since the last log row (for train/loss_mean). During training
     # this is the loop's device tensor, read only when a checkpoint is written.
     loss_sum: float | torch.Tensor = 0.0
+    # Seconds spent in the loop (warm-up and per-epoch evaluations included), summed over every
+    # process of the run: ``perf/train_s``; ``perf/samples_per_s`` is examples_seen / train_s.
+    train_s: float = 0.0
 
     def state_dict(self) -> dict[str, int | float]:
         state: dict[str, int | float] = asdict(self)
@@ -184,6 +187,7 @@ def train(
         if graphs
         else None
     )
+    began, before = time.perf_counter(), progress.train_s
     while progress.epoch < cfg.epochs:
         epoch = progress.epoch
         epoch_start, epoch_examples, epoch_warmup = time.perf_counter(), 0, 0.0
@@ -216,6 +220,7 @@ def train(
                 epoch_warmup += spent
             progress.batch, progress.step = b + 1, progress.step + 1
             progress.examples_seen += size
+            progress.train_s = before + time.perf_counter() - began  # a clock read, no sync
             if per_step:
                 _check_finite(loss.item(), progress)  # CPU: not a sync
             if progress.step % cfg.log_every == 0:
@@ -235,6 +240,7 @@ def train(
             pbar.close()
         _check_finite(math.nan if nonfinite.item() else 0.0, progress)  # SYNC: once per epoch
         progress.epoch, progress.batch = epoch + 1, 0
+        progress.train_s = before + time.perf_counter() - began
         hooks.after_epoch(progress)
     return progress
 

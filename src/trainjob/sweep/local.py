@@ -34,17 +34,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from .. import metrics
+from .. import metrics, records
 from ..errors import ConfigError, ExitCode, SweepGaveUp
 from ..settings import Scope, Settings, env_name, fields_in, load_settings
 from ..wandb_env import resolve_mode
 from .spec import TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
-from .stop import RULE_FILE, EarlyTermination, read_epoch_values
+from .stop import EarlyTermination
 from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
 COUNT_ENV = "JOB_COMPLETIONS"  # set by our manifest to the Job's spec.completions
-RESULT_FILE = "run.json"  # written by job.py into the trial's output_dir
 # Each trial's names: set by the sweep, so not flags of `sweep run` (folders are: trials go under).
 PER_TRIAL_FIELDS = fields_in(Scope.IDENTITY)
 
@@ -245,19 +244,22 @@ class Result:
         return ENGINE_STATES.get(self.state, "failed")
 
 
-def read_result(folder: Path) -> dict[str, Any] | None:
-    """The trial's ``run.json`` (job.py writes it when a job ends: exit code, run folder,
+def read_result(folder: Path) -> records.RunRecord | None:
+    """The trial's run record (job.py writes it when a job ends: exit code, run folder,
     summary), or None when the trial died before writing it."""
-    try:
-        record = json.loads((folder / RESULT_FILE).read_text())
-    except (OSError, ValueError):
-        return None
-    return record if isinstance(record, dict) else None
+    return records.RunRecord.read(records.run_record_path(folder))
 
 
-def _metric_of(record: dict[str, Any] | None, metric: str) -> float | None:
-    value = ((record or {}).get("summary") or {}).get(metric)
+def _metric_of(record: records.RunRecord | None, metric: str) -> float | None:
+    value = (record.summary if record else {}).get(metric)
     return float(value) if isinstance(value, int | float) else None
+
+
+def _epochs_of(folder: Path, record: records.RunRecord | None, metric: str) -> list[float]:
+    """The per-epoch values the trial's run left in its run folder."""
+    if record is None or not record.run_id:
+        return []
+    return records.read_epoch_values(records.run_folder(folder, record.run_id), metric)
 
 
 class LocalSweep:
@@ -313,14 +315,14 @@ class LocalSweep:
                     break
                 continue
             record = read_result(folder)
-            if record and record.get("exit_code") in DONE_CODES:
-                code = int(record["exit_code"])
+            if record and record.exit_code in DONE_CODES:
+                code = record.exit_code
                 result = Result(point, code, _metric_of(record, self.metric), reused=True)
-                result.run_dir, result.mode = record.get("run_dir"), record.get("mode")
-                result.epochs = read_epoch_values(folder)
+                result.run_dir, result.mode = record.run_dir, record.mode
+                result.epochs = _epochs_of(folder, record, self.metric)
                 print(f"trainjob sweep: trial {point.key} already {result.state} in {folder}; kept")
             else:
-                (folder / RESULT_FILE).unlink(missing_ok=True)
+                records.run_record_path(folder).unlink(missing_ok=True)
                 self.leave_rule(folder)
                 started = time.perf_counter()
                 try:
@@ -330,10 +332,10 @@ class LocalSweep:
                     raise
                 record = read_result(folder)
                 result = Result(point, code, _metric_of(record, self.metric))
-                result.run_dir = (record or {}).get("run_dir")
-                result.mode = (record or {}).get("mode")
+                result.run_dir = record.run_dir if record else None
+                result.mode = record.mode if record else None
                 result.seconds = time.perf_counter() - started
-                result.epochs = read_epoch_values(folder)
+                result.epochs = _epochs_of(folder, record, self.metric)
                 value = "-" if result.metric is None else f"{result.metric:.4f}"
                 what = " (stopped early)" if code == ExitCode.STOPPED else ""
                 print(
@@ -351,7 +353,7 @@ class LocalSweep:
     def leave_rule(self, folder: Path) -> None:
         """With ``early_terminate``: the rule and every earlier trial's per-epoch values, for
         the trial to check at each epoch end (stop.py); without: no file."""
-        (folder / RULE_FILE).unlink(missing_ok=True)
+        (folder / records.RULE_FILE).unlink(missing_ok=True)
         if "early_terminate" not in self.config:
             return
         runs = [{"name": r.point.key, "history": r.epochs} for r in self.results if r.epochs]

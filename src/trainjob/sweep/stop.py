@@ -4,27 +4,24 @@
 run``; the trial ends between two steps, closes its run, keeps no checkpoint and exits 6
 (stopping.py). SIGTERM stays "preempted: checkpoint".
 
-Offline early termination, in files the sweep driver and its trials share:
-``RULE_FILE`` (written by ``trainjob sweep run`` into a trial's output folder before it starts):
+Offline early termination, in files the sweep driver and its trials share (records.py):
+``RULE_FILE``, written by ``trainjob sweep run`` into a trial's output folder before it starts:
 the sweep's ``method``, ``metric`` and ``early_terminate`` and each earlier trial's per-epoch
-values. ``EPOCHS_FILE`` (written by the trial at each epoch end): its own values. At each epoch
-end the trial asks W&B's engine (``sweeps.stop_runs``, what W&B's server runs for a sweep)
-whether it trails the earlier trials, as the server would with their histories.
+values; ``EPOCHS_FILE``, in the trial's run folder, written at each epoch end: its own values.
+At each epoch end the trial asks W&B's engine (``sweeps.stop_runs``, what W&B's server runs
+for a sweep) whether it trails the earlier trials, as the server would with their histories.
 """
 
 from __future__ import annotations
 
-import json
 import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from ..metrics import PER_EPOCH
+from .. import records
 
 STOP_SIGNAL = signal.SIGUSR2
-RULE_FILE = "early_terminate.json"
-EPOCHS_FILE = "epochs.json"
 THIS_RUN = "this-trial"
 
 
@@ -38,18 +35,12 @@ class EarlyTermination:
 
     @classmethod
     def load(cls, folder: Path) -> EarlyTermination | None:
-        try:
-            blob = json.loads((folder / RULE_FILE).read_text())
-        except FileNotFoundError:
-            return None
-        return cls(blob["config"], blob["runs"])
+        blob = records.read_rule(folder)
+        return cls(blob["config"], blob["runs"]) if blob is not None else None
 
     @staticmethod
     def write(folder: Path, config: Mapping[str, Any], runs: list[Mapping[str, Any]]) -> None:
-        folder.mkdir(parents=True, exist_ok=True)
-        keys = ("method", "metric", "early_terminate")
-        blob = {"config": {k: config[k] for k in keys if k in config}, "runs": runs}
-        (folder / RULE_FILE).write_text(json.dumps(blob, indent=1) + "\n")
+        records.write_rule(folder, config, runs)
 
     def trails(self, values: list[float]) -> str | None:
         """Why this trial should stop now (W&B's hyperband line), or None to go on."""
@@ -67,11 +58,3 @@ class EarlyTermination:
             return None
         lines = (this.early_terminate_info or {}).get("lines") or ["hyperband"]
         return f"early termination ({lines[-1].removeprefix(f'Run: {THIS_RUN} ')})"
-
-
-def read_epoch_values(folder: Path, metric: str = PER_EPOCH[0]) -> list[float]:
-    try:
-        values = json.loads((folder / EPOCHS_FILE).read_text()).get(metric, [])
-    except (OSError, ValueError, AttributeError):
-        return []
-    return [float(v) for v in values if isinstance(v, int | float)]
