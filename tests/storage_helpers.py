@@ -52,6 +52,20 @@ def readonly_mount(source: Path, target: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def readonly_in_place(folder: Path) -> Iterator[Path]:
+    """``folder`` itself turned read-only (bound onto itself, then remounted ro), as a volume
+    that goes read-only under a running job: open files stay, every new write gets EROFS."""
+    if not _mount("--bind", str(folder), str(folder)):
+        pytest.skip("needs root and mount (a read-only bind mount)")
+    try:
+        if not _mount("-o", "remount,bind,ro", str(folder)):
+            pytest.skip("needs root and mount (a read-only bind mount)")
+        yield folder
+    finally:
+        _umount(folder)
+
+
+@contextlib.contextmanager
 def small_tmpfs(target: Path, size_kib: int) -> Iterator[Path]:
     """A real filesystem of ``size_kib`` KiB at ``target``: writing past it gives ENOSPC."""
     target.mkdir(parents=True, exist_ok=True)

@@ -58,6 +58,8 @@ EXIT_POLICY = {
     ExitCode.STOPPED: "FailJob",  # stopped from W&B on purpose: a restart would undo the stop
     ExitCode.SWEEP_GAVE_UP: "FailJob",  # trials fail in a row: a new agent burns more of them
     ExitCode.WANDB_UNREACHABLE: "count",  # an outage may pass: retried with backoff, bounded
+    ExitCode.RUN_IN_USE: "count",  # the live holder may die or end: its lease expires, retry
+    ExitCode.HISTORY_WITHOUT_CHECKPOINT: "FailJob",  # the checkpoint is gone for good
 }
 # checkov checks skipped on purpose; each carries its reason in the manifest (checkov.io/skipN).
 EXPECTED_SKIPS = {"CKV_K8S_15", "CKV_K8S_35", "CKV_K8S_43"}
@@ -829,7 +831,9 @@ def test_run_id_is_one_per_job_object(
     ]
     assert env[0]["TRAINJOB_RUN_ID"] == env[1]["TRAINJOB_RUN_ID"] == JOB_UID
     assert env[2]["TRAINJOB_RUN_ID"] == again
-    assert env[0]["TRAINJOB_CHECKPOINT_DIR"] != env[2]["TRAINJOB_CHECKPOINT_DIR"]
+    # Checkpoints are kept per run id (<checkpoint_dir>/<run id>/): one folder per Job object.
+    folders = [Path(e["TRAINJOB_CHECKPOINT_DIR"]) / e["TRAINJOB_RUN_ID"] for e in env]
+    assert folders[0] == folders[1] != folders[2]
     assert env[0]["TRAINJOB_RUN_NAME"] == env[2]["TRAINJOB_RUN_NAME"] == job["metadata"]["name"]
     Settings(run_id=JOB_UID)  # a UID is a valid run id
 

@@ -77,7 +77,9 @@ def run_job(env: dict[str, str], cwd: Path, *args: str, signal_at: str | None = 
 
 
 def checkpoint_steps(directory: Path) -> list[int]:
-    return sorted(int(p.name[5:17]) for p in directory.glob("ckpt-*.pt"))
+    """The steps of the checkpoints under ``directory``: ``<checkpoint_dir>/<run id>/``, one run
+    id per test folder here."""
+    return sorted(int(p.name[5:17]) for p in directory.glob("*/ckpt-*.pt"))
 
 
 def resumed_at(result: Result) -> int:
@@ -115,7 +117,8 @@ def gauntlet(tiny_data: Path, tmp_path_factory: pytest.TempPathFactory):
         if name == "sigkill":  # resuming with other hyperparameters is refused, nothing changes
             stages["mismatch"] = run_job(env, tmp, "--learning_rate", "0.01")
             ckpts["mismatch"] = checkpoint_steps(ckpt)
-    newest = ckpt / f"ckpt-{max(ckpts['eval']):012d}.pt"
+    (run_ckpt,) = ckpt.iterdir()  # <checkpoint_dir>/<run id>: every stage resumed one run
+    newest = run_ckpt / f"ckpt-{max(ckpts['eval']):012d}.pt"
     newest.write_bytes(newest.read_bytes()[: newest.stat().st_size // 2])  # a torn write
     stages["final"] = run_job(env, tmp)
     ckpts["final"] = checkpoint_steps(ckpt)
@@ -173,7 +176,8 @@ def test_truncated_newest_checkpoint_falls_back_with_a_warning(gauntlet) -> None
     assert re.search(r"warning: damaged checkpoint \S+ckpt-000000000032\.pt", final.stderr)
     assert resumed_at(final) == 30
     assert ckpts["final"] == []  # a finished job leaves no checkpoint to "resume"
-    assert (tmp / "outputs" / "checkpoints" / "ckpt-000000000032.pt.damaged").is_file()
+    (run_ckpt,) = (tmp / "outputs" / "checkpoints").iterdir()
+    assert (run_ckpt / "ckpt-000000000032.pt.damaged").is_file()
 
 
 def test_interrupted_job_is_bit_identical_to_an_uninterrupted_one(gauntlet, reference) -> None:
@@ -281,7 +285,7 @@ def test_external_sigterm_at_any_moment(tiny_data: Path, tmp_path: Path, referen
     )
     try:
         deadline = time.monotonic() + 300
-        while not list(ckpt.glob("ckpt-*.pt")) and proc.poll() is None:
+        while not list(ckpt.glob("k8s-job-7/ckpt-*.pt")) and proc.poll() is None:
             assert time.monotonic() < deadline
             time.sleep(0.005)
         sent = time.monotonic()

@@ -25,6 +25,7 @@ import json
 import os
 import shutil
 import socket
+import sys
 import threading
 import time
 import uuid
@@ -351,8 +352,16 @@ class Lease:
                 return
             on_disk = Holder.parse(read_json(self.path))
             if on_disk is None or on_disk.token != holder.token:
+                # This process stalled for longer than the ttl (stopped, a frozen volume) and a
+                # contender took the lease as expired: say so; the caller decides what to do.
                 self.lost = True
                 self._holder = None
+                print(
+                    f"trainjob: warning: lost the lease {self.path} (no heartbeat for over "
+                    f"{self.ttl:g}s); another process may now hold it",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 if self.on_lost is not None:
                     self.on_lost()
                 return
