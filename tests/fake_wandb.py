@@ -204,7 +204,7 @@ def serve(mode: str, log: Path, die_on_stream: int, plan: list[dict[str, Any]]) 
         def _answer(self) -> None:
             length = int(self.headers.get("Content-Length") or 0)
             body = self.rfile.read(length) if length else b""
-            entry: dict[str, Any] = {"method": self.command, "path": self.path}
+            entry: dict[str, Any] = {"method": self.command, "path": self.path, "t": time.time()}
             payload: Any = {}
             if self.path.startswith("/_fake/stop/"):  # the test's "stop" button
                 run_id = self.path.rsplit("/", 1)[1]

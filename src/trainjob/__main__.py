@@ -25,7 +25,7 @@ def dispatch(command: list[str], rest: list[str]) -> int:
     if command == ["agent"]:
         from .sweep.agent import agent
 
-        return agent(load_settings(rest))
+        return agent(load_settings(rest), rest)
     sweep_file = command[2] if len(command) > 2 else "sweep.yaml"
     if command[:2] == ["sweep", "create"]:
         from .sweep.server import create

@@ -120,20 +120,23 @@ def main(argv: Sequence[str]) -> int:
     (sweep/trials.py forks one per trial): the environment's folders, the early stop listener,
     settings from the environment and ``argv``, one job; an error is one line and its exit code."""
 
+    started = time.perf_counter()  # the trial's start: perf/trial_s counts from here
+
     def command() -> int:
         env_dirs.prepare()
         from .stopping import listen_early
 
         listen_early()  # a sweep's stop (SIGUSR2) during start-up must not kill the job
-        return run(load_settings(argv))
+        return run(load_settings(argv), started)
 
     return as_exit_code(command)
 
 
-def run(settings: Settings) -> int:
+def run(settings: Settings, started: float | None = None) -> int:
     """One job: preflight, claim its run id (identity.py), then build, resume-or-start,
-    train-and-export and finish; the run id's lease is held until the very end."""
-    started = time.perf_counter()
+    train-and-export and finish; the run id's lease is held until the very end. ``started``:
+    when the process began the job (``perf/trial_s`` counts from it)."""
+    started = time.perf_counter() if started is None else started
     wandb_mode = _preflight(settings)
     from . import identity
 
@@ -166,7 +169,7 @@ def _run_claimed(settings: Settings, claim: Claim, wandb_mode: str, started: flo
     exit_code = ExitCode.CRASHED
     summary: dict[str, Any] = {}
     try:
-        result, summary, stats = _train_and_export(settings, built, job, saver, stop)
+        result, summary, stats = _train_and_export(settings, built, job, saver, stop, started)
         exit_code = ExitCode.OK
     except TrainjobError as exc:
         exit_code = exc.exit_code
@@ -291,7 +294,12 @@ def _resume_or_start(
 
 
 def _train_and_export(
-    settings: Settings, built: _Built, job: _Started, saver: Checkpointer, stop: StopRequest
+    settings: Settings,
+    built: _Built,
+    job: _Started,
+    saver: Checkpointer,
+    stop: StopRequest,
+    started: float,
 ) -> tuple[_Result, dict[str, Any], LoopStats]:
     """Train, evaluate, export to ONNX and check it, record the summary and save the model.
     Returns the result, the summary and the loop's timing."""
@@ -377,6 +385,8 @@ def _train_and_export(
         metrics.ONNX_MAX_ABS_DIFF: diff,
         metrics.EXAMPLES_SEEN: progress.examples_seen,
         metrics.WEIGHTS_SHA256: checkpoint.weights_sha256(model),
+        # This process's part: from its start to here (the trial's wall time but W&B's finish).
+        metrics.TRIAL_S: time.perf_counter() - started,
     }
     tracker.summary(summary)
     tracker.save_model(model_path, {metrics.TEST_ACCURACY: accuracy, **settings.run_config()})

@@ -16,7 +16,8 @@ SAMPLES_PER_S = "perf/samples_per_s"
 # History once per epoch (stopping.py) and in the summary (job.py).
 TEST_ACCURACY = "test_accuracy"
 # Summary only (job.py).
-TRAIN_S = "perf/train_s"
+TRAIN_S = "perf/train_s"  # seconds in the training loop, over every process of the run
+TRIAL_S = "perf/trial_s"  # seconds from this process's start to its summary
 STEADY_SAMPLES_PER_S = "perf/steady_samples_per_s"
 # Steps that met a new batch shape; with compile on, that is the compile time.
 WARMUP_S = "perf/warmup_s"
@@ -27,7 +28,7 @@ WEIGHTS_SHA256 = "weights_sha256"
 STOPPED = "stopped"
 
 HISTORY = (LOSS, EPOCH, SAMPLES_PER_S)
-SUMMARY = (TEST_ACCURACY, SAMPLES_PER_S, TRAIN_S, ONNX_MAX_ABS_DIFF, EXAMPLES_SEEN)
+SUMMARY = (TEST_ACCURACY, SAMPLES_PER_S, TRAIN_S, TRIAL_S, ONNX_MAX_ABS_DIFF, EXAMPLES_SEEN)
 LOGGED = tuple(dict.fromkeys(SUMMARY + HISTORY))
 # Logged once per epoch: the only metrics early termination can compare, as hyperband counts a
 # run's logged values as its iterations.

@@ -7,10 +7,12 @@ import math
 import os
 import platform
 from pathlib import Path
-
-import torch
+from typing import TYPE_CHECKING
 
 from .errors import ConfigError
+
+if TYPE_CHECKING:  # torch is imported where it is used: a sweep driver sizes threads without it
+    import torch
 
 
 def cpu_quota(cgroup_root: Path = Path("/sys/fs/cgroup")) -> int | None:
@@ -47,6 +49,8 @@ def thread_count(requested: int = 0) -> int:
 
 
 def select_device(name: str) -> torch.device:
+    import torch
+
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     device = torch.device(name)
@@ -92,6 +96,8 @@ def keep_freed_memory(limit: int = 1 << 30) -> bool:
 
 
 def configure(threads: int, device: torch.device) -> int:
+    import torch
+
     n = thread_count(threads)
     torch.set_num_threads(n)
     keep_freed_memory()
@@ -104,6 +110,8 @@ def configure(threads: int, device: torch.device) -> int:
 
 
 def environment(device: torch.device, threads: int) -> dict[str, str | int | None]:
+    import torch
+
     """Versions and hardware, logged once with the run (never secrets or env vars)."""
     info: dict[str, str | int | None] = {
         "python": platform.python_version(),
@@ -134,6 +142,8 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
             return bool(flags & {"avx512_bf16", "amx_bf16"})
     except OSError:
         pass
+    import torch
+
     return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
 
 

@@ -191,6 +191,11 @@ class Settings(BaseSettings):
     sweep_count: Annotated[int | None, SWEEP] = Field(
         None, gt=0, description="Trials this agent runs; default all."
     )
+    parallel_trials: Annotated[int | Literal["auto"], SWEEP] = Field(
+        1,
+        description="Trials a sweep (agent, sweep run) runs at once on this machine, sharing "
+        "its CPUs and GPU; auto: from the device (said at start).",
+    )
     max_consecutive_failures: Annotated[int, SWEEP] = Field(
         3,
         gt=0,
@@ -233,6 +238,16 @@ class Settings(BaseSettings):
                 "replay); use TRAINJOB_WATCHER=trainjob"
             )
         return value
+
+    @field_validator("parallel_trials", mode="before")
+    @classmethod
+    def _check_parallel(cls, value: Any) -> Any:
+        text = str(value).strip().lower()
+        if text == "auto":
+            return "auto"
+        if not text.isdigit() or not 1 <= int(text) <= 64:
+            raise ValueError("expected auto or a whole number from 1 to 64")
+        return int(text)
 
     @field_validator("device")
     @classmethod

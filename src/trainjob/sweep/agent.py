@@ -4,11 +4,16 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, ExitCode, SweepGaveUp
 from ..settings import Settings
 from ..wandb_env import resolve_mode
+from . import parallel
 from .server import check_server
 from .spec import TRIAL_COMMAND
 from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
@@ -104,12 +109,17 @@ class AgentTrial:
             raise TooManyFailures(self.failures.message())
 
 
-def agent(settings: Settings) -> int:
+def agent(settings: Settings, argv: Sequence[str] = ()) -> int:
     """Run W&B's agent for TRAINJOB_SWEEP_ID until the sweep ends, ``sweep_count`` trials ran
     (exit 0), ``max_consecutive_failures`` trials failed in a row (exit 7), or SIGTERM (143).
-    No answer from the server: exit 8 before any trial."""
+    No answer from the server: exit 8 before any trial. With ``parallel_trials`` N > 1: N agents
+    (``fan_out``), each running one trial at a time."""
     sweep_id = check_agent(settings)
     check_server(settings.wandb_init_timeout)
+    par = parallel.plan(settings, explicit_threads="threads" in settings.model_fields_set)
+    if par.trials > 1:
+        print(f"trainjob agent: {par.why}", flush=True)
+        return fan_out(settings, sweep_id, par, argv)
     import wandb
 
     runner = TrialRunner()
@@ -135,3 +145,76 @@ def agent(settings: Settings) -> int:
         raise SweepGaveUp(failures.message())
     print(f"trainjob agent: done after {len(trial.results)} trial(s)")
     return int(ExitCode.OK)
+
+
+# The order in which the agents' exit codes speak for all of them: a signal first (the pod is
+# going away), then giving up, the server, bad input; else the first other failure.
+_FIRST = (ExitCode.PREEMPTED, ExitCode.SWEEP_GAVE_UP, ExitCode.WANDB_UNREACHABLE)
+
+
+def fan_out(settings: Settings, sweep_id: str, par: parallel.Parallel, argv: Sequence[str]) -> int:
+    """N agents at once, each ``python -m trainjob agent`` with one trial at a time and its
+    share of the CPU threads and of ``sweep_count``: W&B's Python agent keeps its run's state in
+    the process environment (wandb/agents/pyagent.py sets WANDB_RUN_ID and calls
+    wandb.teardown per trial), so two agents cannot share a process. SIGTERM/SIGINT/SIGUSR1 go to
+    every agent (each checkpoints its trial and exits 143)."""
+    counts = _shares(settings.sweep_count, par.trials)
+    procs = []
+    for count in counts:
+        env = dict(os.environ, **par.env())
+        env["TRAINJOB_SWEEP_ID"] = sweep_id
+        env["TRAINJOB_PARALLEL_TRIALS"] = "1"
+        if count is not None:
+            env["TRAINJOB_SWEEP_COUNT"] = str(count)
+        flags = _without(argv, ("--sweep_count", "--parallel_trials"))  # set per agent above
+        cmd = [sys.executable, "-m", "trainjob", "agent", *flags]
+        procs.append(subprocess.Popen(cmd, env=env))
+    got: list[int] = []
+
+    def forward(signum: int, _frame: object) -> None:
+        got.append(signum)
+        for proc in procs:
+            if proc.poll() is None:
+                proc.send_signal(signum)
+
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    try:
+        codes = [proc.wait() for proc in procs]
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    return _overall(codes, bool(got))
+
+
+FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+
+
+def _without(argv: Sequence[str], names: tuple[str, ...]) -> list[str]:
+    """``argv`` without the flags ``names`` (``--name value`` or ``--name=value``)."""
+    out, skip = [], False
+    for arg in argv:
+        if skip:
+            skip = False
+        elif arg in names:
+            skip = True
+        elif not arg.startswith(tuple(f"{n}=" for n in names)):
+            out.append(arg)
+    return out
+
+
+def _shares(count: int | None, n: int) -> list[int | None]:
+    """``count`` trials split over ``n`` agents (the first ones one more); all: None each. An
+    agent with no share is not started."""
+    if count is None:
+        return [None] * n
+    return [count // n + (i < count % n) for i in range(n) if count // n + (i < count % n)]
+
+
+def _overall(codes: list[int], signalled: bool) -> int:
+    codes = [128 - c if c < 0 else c for c in codes]  # killed by signal N: 128 + N
+    if signalled:
+        return int(ExitCode.PREEMPTED)
+    for wanted in _FIRST:
+        if int(wanted) in codes:
+            return int(wanted)
+    return next((c for c in codes if c != 0), 0)
