@@ -13,8 +13,8 @@ from collections.abc import Sequence
 from .settings import ENV_PREFIX, Settings, env_name
 
 COMMANDS = ("train", "agent", "sync", "sweep")
-USAGE = """usage: trainjob [train | agent | sync [PATH ...] | sweep create [FILE] | sweep run [FILE]]
-                [--FIELD V ...]
+USAGE = """usage: trainjob [train | agent | sync [PATH ...] | sweep create [FILE] | sweep run
+       [FILE]] [--FIELD V ...]
 
   train         run one training job (the default without TRAINJOB_SWEEP_ID)
   agent         run a W&B sweep agent for TRAINJOB_SWEEP_ID (the default when it is set)

@@ -170,6 +170,17 @@ def exit_code_of(path: Path) -> int | None:
     return code
 
 
+def has_records(path: Path) -> bool:
+    """Whether a ``.wandb`` file holds at least one complete record. A process killed before
+    wandb-core wrote its first 32 KiB block leaves only the 7-byte header, which ``wandb sync``
+    cannot read ("transactionlog: error getting next record: EOF") and never marks synced."""
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return False
+    return next(_records(blob), None) is not None
+
+
 def _records(blob: bytes) -> Iterator[bytes]:
     """Payloads of the complete records in a LevelDB-log-format byte string."""
     if blob[:4] != b":W&B":

@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .errors import ConfigError, WandbUnreachable
+from .history import has_records
 from .settings import env_name
 from .wandb_env import base_url, redact
 from .wandb_server import REJECTED, check_server
@@ -85,10 +86,12 @@ def fragment_of(folder: Path) -> Fragment | None:
 
 
 def find_runs(paths: Iterable[Path]) -> dict[str, list[Fragment]]:
-    """The offline runs under ``paths``: run id -> its folders, oldest first.
+    """The offline runs under ``paths``: run id -> its folders with records, oldest first.
 
     A run folder selects its whole run: the other folders of the same id beside it are earlier
-    or later parts of it, and uploading one part alone would leave a gap in its history."""
+    or later parts of it, and uploading one part alone would leave a gap in its history. A folder
+    without a single complete record (its process was killed before wandb-core wrote a block)
+    holds nothing to upload and is left out: ``wandb sync`` fails on it."""
     found: set[Fragment] = set()
     for path in paths:
         if not path.exists():
@@ -104,6 +107,7 @@ def find_runs(paths: Iterable[Path]) -> dict[str, list[Fragment]]:
         base = path / "wandb" if (path / "wandb").is_dir() else path
         found.update(f for f in map(fragment_of, base.glob("offline-run-*")) if f)
     runs: dict[str, list[Fragment]] = {}
+    found = {f for f in found if f.synced or has_records(f.log)}
     for fragment in sorted(found, key=lambda f: (f.started, f.folder.name)):
         runs.setdefault(fragment.run_id, []).append(fragment)
     return runs

@@ -9,7 +9,8 @@ run object with the same methods: no ``if wandb:`` anywhere else.
 A W&B server that is down, slow or gone never stops or hangs a job: ``choose_mode``
 bounds the first contact and falls back offline in this process, ``Tracker.finish`` bounds the
 final upload, and the job prints the exact ``trainjob sync`` (or ``wandb sync``) command for
-whatever the server has not got. tests/test_resilience_wandb.py runs each case against a local fake server.
+whatever the server has not got. tests/test_resilience_wandb.py runs each case against a local
+fake server.
 """
 
 from __future__ import annotations
