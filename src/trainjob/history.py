@@ -108,9 +108,8 @@ def sync_command(tracker: Any) -> str | None:
     run_dir = Path(tracker.run_dir)
     if not earlier_transaction_logs(run_dir, tracker.run_id):
         return None
-    from .sync import hint
-
-    return hint(run_dir)  # a run folder selects its whole run: every folder of its id
+    # `trainjob sync RUN_DIR` (sync.hint): a run folder selects every folder of its run id.
+    return tracker.sync_command()
 
 
 def earlier_transaction_logs(run_dir: Path, run_id: str) -> list[Path]:
