@@ -86,10 +86,10 @@ def assert_clean(result: subprocess.CompletedProcess[str]) -> None:
     assert "Traceback" not in output and "Read-only file system" not in output, output[-3000:]
 
 
-# --- (a) a job, then `wandb sync` from a second container ----------------------------------------
+# --- (a) a job, then `trainjob sync` from a second container -------------------------------------
 
 
-def test_job_trains_as_the_image_user_and_wandb_sync_finds_the_run(
+def test_job_trains_as_the_image_user_and_trainjob_sync_finds_the_run(
     image: str, vol: Volume, mnist: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
     result = run(run_argv(image, vol, ["--epochs", "1", "--log_every", "2", *mnist[1]]))
@@ -106,9 +106,14 @@ def test_job_trains_as_the_image_user_and_wandb_sync_finds_the_run(
     for written in (model, run_file):  # written by the image's user, not root
         assert vol.owners[os.path.relpath(written, files)] == UID
 
-    # The README's air-gapped recipe: a second container of the image syncs the volume's runs;
-    # --dry-run because there is no W&B server here.
+    # The README's air-gapped recipe: a second container of the image syncs the volume's runs.
+    # There is no W&B server here: against a closed port it stops at once (exit 8), having found
+    # the one run; `wandb sync --dry-run` lists it.
     run_id = run_.path.name.rsplit("-", 1)[-1]
+    started = time.monotonic()
+    sync = run(run_argv(image, vol, ["sync"], env={"WANDB_BASE_URL": "http://127.0.0.1:9"}))
+    assert sync.returncode == ExitCode.WANDB_UNREACHABLE, sync.stderr
+    assert "0 run(s) uploaded, 1 left" in sync.stderr and time.monotonic() - started < 60
     sync = run(
         run_argv(image, vol, ["sync", "--dry-run"], flags=(*HARDENED, "--entrypoint", "wandb"))
     )
@@ -318,4 +323,4 @@ def test_offline_sweep_runs_two_trials_in_the_image(
     for run_ in runs:
         assert run_.exit_code == 0 and run_.run_info.get("run_group") == "image-test"
     assert len(models(files)) == 2
-    assert "wandb sync" in result.stdout  # the command that uploads the trials later
+    assert "trainjob sync /workspace/wandb/offline-run-" in result.stdout  # uploads them later

@@ -14,6 +14,7 @@ from helpers import clean_env, offline_runs, read_offline_run, run_cli, syntheti
 
 from trainjob import data
 from trainjob.model import ConvNet
+from trainjob.sync import hint
 from trainjob.train import LoopConfig, Progress, evaluate, train
 
 EPOCHS, BATCH, LOG_EVERY = 2, 32, 5
@@ -74,7 +75,7 @@ def test_summary_and_exit(finished_job) -> None:
     assert summary["onnx/max_abs_diff"] <= 1e-4
     assert run.exit_code == 0
     assert "test_accuracy=" in result.stdout and "model:" in result.stdout
-    assert "wandb sync" in result.stdout
+    assert "run saved locally; upload it with: trainjob sync " in result.stdout
 
 
 def test_model_saved_with_run_and_as_artifact(finished_job) -> None:
@@ -134,4 +135,4 @@ def test_no_key_no_mode_goes_offline(tiny_data: Path, tmp_path: Path) -> None:
     result = run_cli(["--epochs=1", "--data_slice=4", "--batch_size=64"], env, tmp_path)
     assert result.returncode == 0, result.stderr
     (run_dir,) = offline_runs(tmp_path)
-    assert f"wandb sync {run_dir}" in result.stdout
+    assert f"upload it with: {hint(run_dir)}\n" in result.stdout

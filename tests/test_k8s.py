@@ -21,6 +21,7 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import time
 import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from typing import Any
 
 import pytest
 import yaml
+from fake_wandb import closed_port, fake_wandb
 from helpers import ROOT, SRC, offline_runs, read_offline_run
 
 from trainjob.errors import ExitCode
@@ -533,11 +535,11 @@ def test_sync_job_is_bounded_suspended_and_reads_the_same_volume(
     for overlay in ("offline", "offline-sweep"):
         docs = rendered[overlay]
         sync, train = sync_job(docs), main_job(docs)
-        # `wandb sync` retries forever without a server (wandb 0.31): the deadline ends it.
+        # `trainjob sync` bounds each wait (TRAINJOB_SYNC_STALL_S); the deadline bounds it all.
         assert 0 < sync["spec"]["activeDeadlineSeconds"] <= 24 * 3600, overlay
         assert sync["spec"]["suspend"] is True, overlay  # started once the runs are complete
         c = containers(sync)[0]
-        assert c["command"] + c["args"] == ["python", "-m", "wandb", "sync", "--yes"]
+        assert c["command"] + c["args"] == ["python", "-m", "trainjob", "sync"]
         assert {"name": "WANDB_MODE", "value": "online"} in c["env"]
 
         def claim(job: dict[str, Any]) -> str:
@@ -850,28 +852,35 @@ def test_offline_pod_then_sync_pod_find_the_run(
     (run_dir,) = offline_runs(train.host("/workspace"))
     assert run_dir.name.endswith(f"-{JOB_UID}")
 
-    # The sync pod, on the same claim: its exact command with --dry-run (no W&B server here).
+    # The sync pod, on the same claim: its exact command, for real.
     sync = local_pod(docs, sync_job(docs), pod_root)
     assert sync.missing_secrets == [f"{SECRET}/{SECRET_KEY}"]  # required: it uploads
     assert sync.host("/workspace") == train.host("/workspace")
-    # cwd is not the volume: WANDB_DIR from the ConfigMap is what finds the runs.
-    out = subprocess.run(
-        [*sync.argv, "--dry-run"],
-        env=sync.env,
-        cwd=pod_root,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert out.returncode == 0, out.stderr
-    assert "Would sync 1 run(s)" in out.stderr, out.stderr
-    assert f"run-{JOB_UID}.wandb" in out.stderr
-    # Without the Secret the real command stops at once, loudly (hence the required key).
-    no_server = {**sync.env, "WANDB_BASE_URL": "http://127.0.0.1:9"}
-    out = subprocess.run(
-        sync.argv, env=no_server, cwd=pod_root, capture_output=True, text=True, timeout=120
-    )
-    assert out.returncode == 1 and "No API key configured" in out.stderr, out.stderr
+
+    def run_sync(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            sync.argv,
+            env={**sync.env, **env},
+            cwd=pod_root,  # cwd is not the volume: WANDB_DIR from the ConfigMap finds the runs
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+
+    # No server (a closed port): exit 8 at once, naming the one run left.
+    started = time.monotonic()
+    out = run_sync(WANDB_BASE_URL=f"http://127.0.0.1:{closed_port()}")
+    assert out.returncode == 8 and "0 run(s) uploaded, 1 left" in out.stderr, out.stderr
+    assert time.monotonic() - started < 10
+    with fake_wandb("ok", pod_root) as server:
+        # Without the Secret it stops loudly (hence the required key), uploading nothing.
+        out = run_sync(WANDB_BASE_URL=server.url)
+        assert out.returncode == 2 and "W&B credentials" in out.stderr, out.stderr
+        assert not server.uploaded_steps()
+        out = run_sync(WANDB_BASE_URL=server.url, WANDB_API_KEY="k" * 40)
+        assert out.returncode == 0, out.stderr
+        assert f"uploaded {JOB_UID}: 1 folder(s)" in out.stdout
+        assert server.uploaded_steps() and list(run_dir.glob("*.wandb.synced"))
 
 
 def boundary(pod: LocalPod) -> dict[str, Any]:

@@ -11,6 +11,7 @@ SIGTERM from outside at whatever moment the job is in.
 from __future__ import annotations
 
 import re
+import shlex
 import signal
 import subprocess
 import sys
@@ -19,9 +20,10 @@ from collections import Counter
 from pathlib import Path
 
 import pytest
-from helpers import ROOT, clean_env, offline_runs, read_offline_run, wandb_cli
+from fake_wandb import fake_wandb
+from helpers import ROOT, clean_env, offline_runs, read_offline_run
 
-from trainjob import history
+from trainjob import history, sync
 
 ARGS = ["--epochs", "2", "--batch_size", "32"]  # 512 examples: 16 steps per epoch, 32 in all
 STEPS, BATCH, LOG_EVERY, EVERY_STEPS = 32, 32, 2, 5
@@ -238,23 +240,36 @@ def test_rows_lost_with_the_killed_process_are_logged_again(gauntlet, reference)
     assert int(replayed.group(1)) == len(missing)
 
 
-def test_offline_fragments_are_synced_together(gauntlet) -> None:
+def test_offline_fragments_are_synced_together(gauntlet, tmp_path: Path) -> None:
     tmp, stages, _, runs = gauntlet
-    hint = re.search(r"upload it with: (WANDB_RESUME=allow .+)", stages["final"].stdout)
+    hint = re.search(r"upload it with: (trainjob sync .+)", stages["final"].stdout)
     assert hint, stages["final"].stdout
-    command = hint.group(1).split()
-    assert command[:3] == ["WANDB_RESUME=allow", "wandb", "sync"]
-    matched = sorted(Path(command[3]).parent.glob(Path(command[3]).name))
-    assert matched == [r.path for r in runs]
-    dry = subprocess.run(
-        [wandb_cli(), "sync", "--dry-run", *map(str, matched)],
-        env={**clean_env(tmp), "WANDB_RESUME": "allow"},
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert dry.returncode == 0, dry.stderr
-    assert "Would sync 5 run(s)" in dry.stdout + dry.stderr
+    command = shlex.split(hint.group(1))
+    assert command[:2] == ["trainjob", "sync"] and len(command) == 3
+    # The printed run folder selects the whole run: its folders, oldest first, except one the
+    # SIGKILL left without a single record (only the file header: nothing to upload).
+    with_records = [r.path for r in runs if r.records]
+    assert len(with_records) >= 4
+    (fragments,) = sync.find_runs([Path(command[2])]).values()
+    assert [f.folder for f in fragments] == with_records
+    resumes = [resume for resume, _ in sync.rounds({"r": fragments})]
+    assert resumes == [False, *[True] * (len(with_records) - 1)]
+    local = sorted(row["_step"] for run in runs for row in run.history)
+    with fake_wandb("ok", tmp_path) as server:
+        env = clean_env(tmp, WANDB_MODE="online", WANDB_API_KEY="k" * 40, WANDB_BASE_URL=server.url)
+        result = subprocess.run(
+            [sys.executable, "-m", "trainjob", *command[1:]],
+            env=env,
+            cwd=tmp,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert result.returncode == 0, result.stderr
+        n = len(with_records)
+        assert f"{n} folder(s) ({n - 1} resumed)" in result.stdout
+        assert server.uploaded_steps() == local  # each row once, in step order
+        assert [r["exitcode"] for r in server.requests() if "exitcode" in r][-1] == 0
 
 
 def test_transaction_log_reader(reference, tmp_path: Path) -> None:

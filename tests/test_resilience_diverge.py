@@ -18,6 +18,7 @@ from helpers import SRC, clean_env, offline_runs, read_offline_run, run_cli
 from trainjob import data
 from trainjob.errors import DivergedError
 from trainjob.model import ConvNet
+from trainjob.sync import hint
 from trainjob.train import Hooks, LoopConfig, Progress, train
 
 
@@ -152,7 +153,7 @@ def test_diverging_job_exits_4_and_marks_the_run_failed(tiny_data: Path, tmp_pat
     assert [h["_step"] for h in accuracy] == [513]  # epoch 0's 8 steps x 64, + 1
     assert run.summary.get("test_accuracy") == accuracy[0]["test_accuracy"]
     assert not (tmp_path / "outputs" / "model.onnx").exists()  # no model from a diverged run
-    assert f"wandb sync {run_dir}" in result.stdout  # the failed run can still be uploaded
+    assert f"upload it with: {hint(run_dir)}\n" in result.stdout  # the failed run too
     # The epoch-0 checkpoint is gone: a rerun with a lower learning rate starts clean instead
     # of being refused for resuming with other settings.
     assert not list((tmp_path / "outputs" / "checkpoints").glob("ckpt-*"))

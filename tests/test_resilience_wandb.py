@@ -1,20 +1,23 @@
 """W&B failures against a real local HTTP server (tests/fake_wandb.py) as WANDB_BASE_URL, in
 online mode with a canary API key: refused, 500, hanging, dying mid-run, rejecting the key.
 Each job is a real ``python -m trainjob``; its offline/online run files are read back, the
-printed ``wandb sync`` command is run against a live fake server, and every byte the jobs
-wrote is searched for the key."""
+printed ``trainjob sync`` / ``wandb sync`` command is run against a live fake server, and every
+byte the jobs wrote is searched for the key."""
 
 from __future__ import annotations
 
 import secrets
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 
 import pytest
 from fake_wandb import fake_wandb
 from helpers import clean_env, offline_runs, read_offline_run, run_cli, wandb_cli
+
+from trainjob.sync import hint
 
 CANARY = f"canary-{secrets.token_hex(20)}"  # a well-formed key (40+ chars) no server knows
 EPOCHS, BATCH, LOG_EVERY, TRAIN = 2, 64, 2, 512
@@ -74,7 +77,7 @@ def test_unreachable_server_goes_offline_trains_to_the_end(outage) -> None:
     assert "Traceback" not in result.stderr
     assert "unreachable" in result.stderr and "continuing offline" in result.stderr
     (run_dir,) = offline_runs(tmp)  # one run, offline, in this same process
-    assert f"upload it with: wandb sync {run_dir}\n" in result.stdout
+    assert f"upload it with: {hint(run_dir)}\n" in result.stdout
     run = read_offline_run(run_dir)
     assert loss_steps(run_dir) == ALL_STEPS  # every step is in the offline files
     assert run.exit_code == 0 and run.summary["test_accuracy"] > 0.5
@@ -87,14 +90,16 @@ def test_unreachable_server_goes_offline_trains_to_the_end(outage) -> None:
 
 
 def sync_printed_command(result, tmp: Path, data: Path) -> tuple[list[int], list[int]]:
-    """Run the exact ``wandb sync ...`` the job printed against a live fake server; returns
-    (steps the server received, steps in the local run files)."""
-    line = next(line for line in result.stdout.splitlines() if "upload it with: wandb sync" in line)
+    """Run the exact ``trainjob sync ...`` / ``wandb sync ...`` the job printed against a live
+    fake server; returns (steps the server received, steps in the local run files)."""
+    line = next(line for line in result.stdout.splitlines() if "upload it with: " in line)
     argv = shlex.split(line.split("upload it with: ", 1)[1])
+    assert argv[0] in ("trainjob", "wandb") and argv[1] == "sync", argv
     local = [h["_step"] for h in read_offline_run(Path(argv[-1])).history]
+    program = [sys.executable, "-m", "trainjob"] if argv[0] == "trainjob" else [wandb_cli()]
     with fake_wandb("ok", tmp) as server:  # the server is back
         synced = subprocess.run(
-            [wandb_cli(), *argv[1:]],
+            [*program, *argv[1:]],
             env=online_env(tmp, data, server.url),
             capture_output=True,
             text=True,

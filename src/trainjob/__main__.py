@@ -20,12 +20,16 @@ from .settings import load_settings
 
 
 def dispatch(command: list[str], rest: list[str]) -> int:
-    """The sweep commands; ``train`` is ``job.main`` (what each sweep trial runs, too)."""
+    """The sweep commands and ``sync``; ``train`` is ``job.main`` (what each sweep trial runs)."""
     env_dirs.prepare()
     if command == ["agent"]:
         from .sweep.agent import agent
 
         return agent(load_settings(rest), rest)
+    if command == ["sync"]:
+        from .sync import main as sync
+
+        return sync(rest)
     sweep_file = command[2] if len(command) > 2 else "sweep.yaml"
     if command[:2] == ["sweep", "create"]:
         from .sweep.server import create
@@ -36,7 +40,7 @@ def dispatch(command: list[str], rest: list[str]) -> int:
 
         return run_local(sweep_file, rest)
     raise ConfigError(
-        f"unknown command {' '.join(command)!r}; use train, agent, sweep create or sweep run"
+        f"unknown command {' '.join(command)!r}; use train, agent, sync, sweep create or sweep run"
     )
 
 

@@ -12,11 +12,15 @@ from collections.abc import Sequence
 
 from .settings import ENV_PREFIX, Settings, env_name
 
-COMMANDS = ("train", "agent", "sweep")
-USAGE = """usage: trainjob [train | agent | sweep create [FILE] | sweep run [FILE]] [--FIELD V ...]
+COMMANDS = ("train", "agent", "sync", "sweep")
+USAGE = """usage: trainjob [train | agent | sync [PATH ...] | sweep create [FILE] | sweep run
+       [FILE]] [--FIELD V ...]
 
   train         run one training job (the default without TRAINJOB_SWEEP_ID)
   agent         run a W&B sweep agent for TRAINJOB_SWEEP_ID (the default when it is set)
+  sync          upload the offline runs under PATH (WANDB_DIR, wandb/ or a run folder; default
+                $WANDB_DIR or .) with `wandb sync`: resumed runs in order, each folder once,
+                stopped after TRAINJOB_SYNC_STALL_S s without progress (exit 8)
   sweep create  register sweep.yaml with W&B and print the agent commands
   sweep run     run sweep.yaml locally, offline, with W&B's own sweep engine;
                 [--worker I/N] [--count N] [--dry-run] (default worker: JOB_COMPLETION_INDEX

@@ -11,7 +11,7 @@ training, the job finds the highest step the run's history already holds (its *f
 - offline: the history rows in this run's earlier ``.wandb`` transaction logs beside the current
   one (``wandb/offline-run-*-<id>``, one folder per process: wandb 0.31 never appends to an
   existing one). This also covers SIGKILL: whatever the killed process got into its file is
-  exactly what ``wandb sync`` will upload, and nothing else.
+  exactly what ``trainjob sync`` (``wandb sync``) will upload, and nothing else.
 
 "The last step logged before the checkpoint" is deliberately *not* used: after SIGKILL the rows
 after it may already be in the file (duplicates), and rows logged before it may never have reached
@@ -97,18 +97,19 @@ def history_floor(tracker: Any) -> int:
 def sync_command(tracker: Any) -> str | None:
     """For an offline run split over several folders: the command that uploads all of them.
 
-    ``wandb sync`` groups the files of one run id and replays them oldest first. Each file holds
-    its own run record, and only the sync's ``resume`` setting makes the second and later ones
-    *append* to the run (wandb-core's ``runupserter.InitRun``): without it each would start the
-    history over. Folders already uploaded carry a ``.wandb.synced`` marker and are skipped.
+    Each file holds its own run record, and only the sync's ``resume`` setting makes the second
+    and later ones *append* to the run (wandb-core's ``runupserter.InitRun``): without it each
+    would start the history over. ``trainjob sync`` (sync.py) uploads a run's folders oldest first,
+    the later ones with ``WANDB_RESUME=allow``; folders already uploaded carry a
+    ``.wandb.synced`` marker and are skipped.
     """
     if getattr(tracker, "mode", None) != "offline" or tracker.run_dir is None:
         return None
     run_dir = Path(tracker.run_dir)
     if not earlier_transaction_logs(run_dir, tracker.run_id):
         return None
-    pattern = f"offline-run-????????_??????-{tracker.run_id}"  # not another id ending in -<id>
-    return f"WANDB_RESUME=allow wandb sync {run_dir.parent}/{pattern}"
+    # `trainjob sync RUN_DIR` (sync.hint): a run folder selects every folder of its run id.
+    return tracker.sync_command()
 
 
 def earlier_transaction_logs(run_dir: Path, run_id: str) -> list[Path]:
@@ -158,6 +159,17 @@ def scan_run_file(path: Path, warn: bool = False) -> tuple[int | None, int | Non
         elif kind == "exit":
             code = record.exit.exit_code
     return last, code
+
+
+def has_records(path: Path) -> bool:
+    """Whether a ``.wandb`` file holds at least one complete record. A process killed before
+    wandb-core wrote its first 32 KiB block leaves only the 7-byte header, which ``wandb sync``
+    cannot read ("transactionlog: error getting next record: EOF") and never marks synced."""
+    try:
+        blob = path.read_bytes()
+    except OSError:
+        return False
+    return next(_records(blob), None) is not None
 
 
 def _records(blob: bytes) -> Iterator[bytes]:

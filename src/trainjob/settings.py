@@ -140,6 +140,13 @@ class Settings(BaseSettings):
         le=86_400,
         description="Seconds run.finish() waits for uploads; the rest stays for `wandb sync`.",
     )
+    sync_stall_s: Annotated[float, RUNTIME] = Field(
+        60.0,
+        gt=0,
+        le=86_400,
+        description="Seconds `trainjob sync` waits for progress from `wandb sync` (a line, "
+        "a run marked synced) before stopping it, exit 8.",
+    )
 
     # --- where things go -----------------------------------------------------------------------
     data_dir: Annotated[Path, RUNTIME] = Field(

@@ -8,8 +8,9 @@ run object with the same methods: no ``if wandb:`` anywhere else.
 
 A W&B server that is down, slow or gone never stops or hangs a job: ``choose_mode``
 bounds the first contact and falls back offline in this process, ``Tracker.finish`` bounds the
-final upload, and the job prints the exact ``wandb sync`` command for whatever the server has
-not got. tests/test_resilience_wandb.py runs each case against a local fake server.
+final upload, and the job prints the exact ``trainjob sync`` (or ``wandb sync``) command for
+whatever the server has not got. tests/test_resilience_wandb.py runs each case against a local
+fake server.
 """
 
 from __future__ import annotations
@@ -74,12 +75,14 @@ class Tracker:
 
     def sync_command(self) -> str | None:
         """The exact command that uploads what the server has not got, or None if nothing is
-        missing. An online run whose upload gave up needs ``--no-skip-online``: ``wandb sync``
-        skips online runs by default."""
+        missing: ``trainjob sync RUN_DIR`` for an offline run (sync.py). An online run whose upload
+        gave up needs ``--no-skip-online``: ``wandb sync`` skips online runs by default."""
         if self.run_dir is None:
             return None
         if self.mode == "offline":
-            return f"wandb sync {self.run_dir}"
+            from .sync import hint
+
+            return hint(self.run_dir)
         if self.upload_incomplete:
             return f"wandb sync --no-skip-online {self.run_dir}"
         return None

@@ -4,7 +4,7 @@ W&B's agent cannot run air-gapped (wandb/wandb#6234): ``wandb.sweep``/``wandb.ag
 server even with WANDB_MODE=offline. The engine behind the server is the PyPI package ``sweeps``
 (grid, random and bayes proposals in-process, <0.5 s). Here it proposes each trial; the trial is
 ``python -m trainjob train --param=value ...`` in its own process (trials.py), an offline W&B run
-grouped under the sweep's name; at the end a table sorted by the metric and the ``wandb sync``
+grouped under the sweep's name; at the end a table sorted by the metric and the ``trainjob sync``
 command for all runs.
 
     trainjob sweep run sweep.yaml --count 4
@@ -37,6 +37,7 @@ from typing import Any
 from .. import metrics, records
 from ..errors import ConfigError, ExitCode, SweepGaveUp
 from ..settings import Scope, Settings, env_name, fields_in, load_settings
+from ..sync import hint
 from ..wandb_env import resolve_mode
 from .spec import TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
 from .stop import EarlyTermination
@@ -397,7 +398,7 @@ class LocalSweep:
             print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
         offline = [r.run_dir for r in self.ranked() if r.run_dir and r.mode == "offline"]
         if offline:
-            print(f"\nupload the offline runs with:\n  wandb sync {' '.join(offline)}")
+            print(f"\nupload the offline runs with:\n  {hint(*map(Path, offline))}")
 
 
 def check_local(config: dict[str, Any], opts: Options) -> None:
