@@ -21,7 +21,7 @@ from helpers import adopt_env, offline_runs, read_offline_run
 
 from trainjob.__main__ import main
 from trainjob.metrics import HISTORY, SUMMARY
-from trainjob.sweep.local import Point, Result, bayes_point
+from trainjob.sweep.local import Point, Result, bayes_point, sweep_group
 from trainjob.sweep.spec import load_sweep
 
 
@@ -80,8 +80,10 @@ def test_offline_grid_end_to_end(sweep_env: Path, capsys: pytest.CaptureFixture)
     runs = [read_offline_run(p) for p in run_dirs]
     points = sorted((r.config["learning_rate"], r.config["kernels"]) for r in runs)
     assert points == sorted((lr, k) for lr in LRS for k in KERNELS)  # exactly the grid
+    group = sweep_group("grid-2x2", path.read_bytes())
+    assert re.fullmatch(r"grid-2x2-[0-9a-f]{8}", group)
     for run in runs:
-        assert run.run_info["run_group"] == "grid-2x2"
+        assert run.run_info["run_group"] == group
         assert run.run_info["display_name"].startswith("grid-2x2-00")
         assert run.exit_code == 0 and run.config["epochs"] == 1
         # The metrics sweep.py offers are really logged by a job.
@@ -118,7 +120,7 @@ def test_random_sweep_honours_run_cap(sweep_env: Path, capsys: pytest.CaptureFix
     runs = [read_offline_run(p) for p in offline_runs(sweep_env)]
     assert all(r.config["log_every"] == 2 for r in runs)
     assert len(runs) == 2  # the distribution never runs out: run_cap stops it
-    assert all(r.run_info["run_group"] == "rand" for r in runs)
+    assert all(r.run_info["run_group"] == sweep_group("rand", path.read_bytes()) for r in runs)
     assert all(0.001 <= r.config["learning_rate"] <= 0.02 for r in runs)
     assert all(r.config["batch_size"] in (32, 64) for r in runs)
     assert len(table(capsys.readouterr().out)) == 2
