@@ -199,10 +199,13 @@ def test_sigterm_reaches_the_trial_and_stops_the_sweep(
     killer.start()
     assert main(["sweep", "run", str(path)]) == 143
     killer.join()
-    (record,) = trial_records(sweep_env, "term").values()
+    ((key, record),) = trial_records(sweep_env, "term").items()
     assert record["exit_code"] == 143  # the trial got the signal and checkpointed
-    checkpoints = list((sweep_env / "outputs" / "checkpoints" / "sweeps" / "term").glob("*/*.pt"))
-    assert len(checkpoints) >= 1
+    # <checkpoint_dir>/sweeps/<name>/<point>/<run id>/: one folder per run id
+    ckpt = sweep_env / "outputs" / "checkpoints" / "sweeps" / "term" / key / record["run_id"]
+    assert len(list(ckpt.glob("*.pt"))) >= 1
+    # The driver gave its claim on the point up: another driver or a rerun resumes it.
+    assert not (sweep_env / "outputs" / "sweeps" / "term" / key / "claim.json").exists()
     assert len(offline_runs(sweep_env)) == 1  # the second point never started
 
 
@@ -233,7 +236,8 @@ def test_offline_hyperband_stops_a_trailing_trial_between_epochs(
     assert rows[stopped_key][1:2] == ["6"] and rows[stopped_key][3:5] == ["stopped", "2"]
     assert "1 stopped early" in out
     folder = sweep_env / "outputs" / "sweeps" / "hb"
-    assert json.loads((folder / stopped_key / "epochs.json").read_text())[METRIC][1] < 0.5
+    epochs = folder / stopped_key / records[stopped_key]["run_id"] / "epochs.json"
+    assert json.loads(epochs.read_text())[METRIC][1] < 0.5
     run = read_offline_run(Path(records[stopped_key]["run_dir"]))
     assert run.exit_code == 6 and "early termination" in run.summary["stopped"]
     assert len([h for h in run.history if METRIC in h]) == 2  # stopped between epochs 2 and 3
