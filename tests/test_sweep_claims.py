@@ -156,6 +156,42 @@ def test_a_killed_drivers_point_is_resumed_by_the_next(tmp_path: Path, tiny_data
     assert ids.count(resumed) == 2 and len(ids) == 3
 
 
+def test_a_waiting_driver_resumes_a_point_whose_driver_got_sigterm(
+    tmp_path: Path, tiny_data: Path
+) -> None:
+    """Driver A trains point 0 (long); driver B, started later, skips it, runs point 1 and
+    waits. A gets SIGTERM: its trial checkpoints (143), A releases the claim and exits 143; B
+    claims the point and resumes the trial from A's checkpoint; each point has one run."""
+    path = sweep_file(tmp_path, [1, 2])
+    env = driver_env(tmp_path, tiny_data, TRAINJOB_CHECKPOINT_EVERY_STEPS="4")
+    first = start_driver(path, env, tmp_path, "--epochs=400")
+    ckpts = tmp_path / "outputs" / "checkpoints" / "sweeps" / NAME
+    deadline = time.monotonic() + 300
+    while not list(ckpts.glob("*/*/ckpt-*.pt")) and time.monotonic() < deadline:
+        assert first.poll() is None, first.communicate()
+        time.sleep(0.2)
+    second = start_driver(path, env, tmp_path, "--epochs=1")
+    while len(point_records(tmp_path)) < 2 and time.monotonic() < deadline:  # B ran point 1
+        assert second.poll() is None, second.communicate()
+        time.sleep(0.2)
+    time.sleep(1.0)  # B is waiting for point 0 now
+    first.send_signal(signal.SIGTERM)  # the driver alone, as `kill PID` or a pod's PID 1
+    rc_a, out_a, err_a = finish(first)
+    rc_b, out_b, err_b = finish(second)
+    assert rc_a == 143, (out_a + err_a)[-3000:]
+    assert rc_b == 0, (out_b + err_b)[-3000:]
+    (held,) = re.findall(r"trial (\S+) is being run by .+; skipped", out_b)
+    assert f"waiting for trial(s) other drivers run: {held}" in out_b
+    assert "SIGTERM: sweep stopped" in err_a and "Traceback" not in err_a
+    assert f"trial {held} exited 0" in out_b
+    assert re.search(r"trainjob: resuming from \S+ckpt-\d+\.pt at step [1-9]", err_b)
+    per_point = point_records(tmp_path)
+    assert all([r["exit_code"] for r in runs] == [0] for runs in per_point.values())
+    ids = run_ids(tmp_path)  # the resumed run: two offline folders, one id
+    assert sorted(set(ids)) == sorted(rs[0]["run_id"] for rs in per_point.values())
+    assert ids.count(per_point[held][0]["run_id"]) == 2 and len(ids) == 3
+
+
 def test_group_is_the_name_and_the_files_hash(tmp_path: Path) -> None:
     """Two different sweep files with the same name: two groups. The group and tags reach
     each trial's environment (the trials' W&B runs are read back above)."""
