@@ -35,6 +35,7 @@ from k8s_docker import docker_pod
 from test_k8s import JOB_UID, main_job, render
 
 from trainjob.errors import ExitCode
+from trainjob.sweep.local import sweep_group
 
 UID = 10001  # the image's user (Dockerfile USER)
 MNIST_ENV = "MNIST_TEST_DIR"
@@ -319,8 +320,9 @@ def test_offline_sweep_runs_two_trials_in_the_image(
         files = v.files(tmp_path / "volume")
     runs = [read_offline_run(p) for p in offline_runs(files)]
     assert len(runs) == 2, [r.path.name for r in runs]
+    group = sweep_group("image-test", sweep_file.read_bytes())  # the name + its file's hash
     assert sorted(r.config["learning_rate"] for r in runs) == [0.005, 0.01]
     for run_ in runs:
-        assert run_.exit_code == 0 and run_.run_info.get("run_group") == "image-test"
+        assert run_.exit_code == 0 and run_.run_info.get("run_group") == group
     assert len(models(files)) == 2
     assert "trainjob sync /workspace/wandb/offline-run-" in result.stdout  # uploads them later

@@ -36,6 +36,7 @@ from helpers import ROOT, SRC, offline_runs, read_offline_run
 
 from trainjob.errors import ExitCode
 from trainjob.settings import ENV_PREFIX, Settings, env_name
+from trainjob.sweep.local import sweep_group
 
 K8S = ROOT / "k8s"
 OVERLAYS = ("train", "sweep-agents", "offline", "offline-sweep")
@@ -952,4 +953,4 @@ def test_offline_sweep_pod_runs_its_share(
     assert share <= len(runs) <= share + 1, [r.path.name for r in runs]
     for run in runs:
         assert {k: run.config[k] for k in points[0]} in points
-        assert run.run_info.get("run_group") == sweep["name"]
+        assert run.run_info.get("run_group") == sweep_group(sweep["name"], sweep_file.read_bytes())

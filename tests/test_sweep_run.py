@@ -21,7 +21,7 @@ from helpers import adopt_env, offline_runs, read_offline_run
 
 from trainjob.__main__ import main
 from trainjob.metrics import HISTORY, SUMMARY
-from trainjob.sweep.local import Point, Result, bayes_point
+from trainjob.sweep.local import Point, Result, bayes_point, sweep_group
 from trainjob.sweep.spec import load_sweep
 
 
@@ -80,8 +80,10 @@ def test_offline_grid_end_to_end(sweep_env: Path, capsys: pytest.CaptureFixture)
     runs = [read_offline_run(p) for p in run_dirs]
     points = sorted((r.config["learning_rate"], r.config["kernels"]) for r in runs)
     assert points == sorted((lr, k) for lr in LRS for k in KERNELS)  # exactly the grid
+    group = sweep_group("grid-2x2", path.read_bytes())
+    assert re.fullmatch(r"grid-2x2-[0-9a-f]{8}", group)
     for run in runs:
-        assert run.run_info["run_group"] == "grid-2x2"
+        assert run.run_info["run_group"] == group
         assert run.run_info["display_name"].startswith("grid-2x2-00")
         assert run.exit_code == 0 and run.config["epochs"] == 1
         # The metrics sweep.py offers are really logged by a job.
@@ -118,7 +120,7 @@ def test_random_sweep_honours_run_cap(sweep_env: Path, capsys: pytest.CaptureFix
     runs = [read_offline_run(p) for p in offline_runs(sweep_env)]
     assert all(r.config["log_every"] == 2 for r in runs)
     assert len(runs) == 2  # the distribution never runs out: run_cap stops it
-    assert all(r.run_info["run_group"] == "rand" for r in runs)
+    assert all(r.run_info["run_group"] == sweep_group("rand", path.read_bytes()) for r in runs)
     assert all(0.001 <= r.config["learning_rate"] <= 0.02 for r in runs)
     assert all(r.config["batch_size"] in (32, 64) for r in runs)
     assert len(table(capsys.readouterr().out)) == 2
@@ -197,10 +199,13 @@ def test_sigterm_reaches_the_trial_and_stops_the_sweep(
     killer.start()
     assert main(["sweep", "run", str(path)]) == 143
     killer.join()
-    (record,) = trial_records(sweep_env, "term").values()
+    ((key, record),) = trial_records(sweep_env, "term").items()
     assert record["exit_code"] == 143  # the trial got the signal and checkpointed
-    checkpoints = list((sweep_env / "outputs" / "checkpoints" / "sweeps" / "term").glob("*/*.pt"))
-    assert len(checkpoints) >= 1
+    # <checkpoint_dir>/sweeps/<name>/<point>/<run id>/: one folder per run id
+    ckpt = sweep_env / "outputs" / "checkpoints" / "sweeps" / "term" / key / record["run_id"]
+    assert len(list(ckpt.glob("*.pt"))) >= 1
+    # The driver gave its claim on the point up: another driver or a rerun resumes it.
+    assert not (sweep_env / "outputs" / "sweeps" / "term" / key / "claim.json").exists()
     assert len(offline_runs(sweep_env)) == 1  # the second point never started
 
 
@@ -231,7 +236,8 @@ def test_offline_hyperband_stops_a_trailing_trial_between_epochs(
     assert rows[stopped_key][1:2] == ["6"] and rows[stopped_key][3:5] == ["stopped", "2"]
     assert "1 stopped early" in out
     folder = sweep_env / "outputs" / "sweeps" / "hb"
-    assert json.loads((folder / stopped_key / "epochs.json").read_text())[METRIC][1] < 0.5
+    epochs = folder / stopped_key / records[stopped_key]["run_id"] / "epochs.json"
+    assert json.loads(epochs.read_text())[METRIC][1] < 0.5
     run = read_offline_run(Path(records[stopped_key]["run_dir"]))
     assert run.exit_code == 6 and "early termination" in run.summary["stopped"]
     assert len([h for h in run.history if METRIC in h]) == 2  # stopped between epochs 2 and 3

@@ -45,7 +45,8 @@ def help_text() -> str:
         "W&B reads its own variables (WANDB_API_KEY, WANDB_MODE, WANDB_PROJECT, WANDB_ENTITY,",
         "WANDB_DIR, WANDB_BASE_URL, ...). Without a key and without WANDB_MODE the run is offline.",
         "Exit codes: 0 done, 1 crashed, 2 bad config, 3 data, 4 diverged, 5 storage,",
-        "6 stopped by the sweep, 7 sweep gave up, 8 W&B unreachable, 143 preempted (see README).",
+        "6 stopped by the sweep, 7 sweep gave up (agent, sweep run), 8 W&B unreachable,",
+        "9 run id in use by a live job, 10 history without checkpoint, 143 preempted (see README).",
     ]
     return "\n".join(lines)
 

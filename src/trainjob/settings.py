@@ -121,6 +121,7 @@ class Settings(BaseSettings):
         pattern=r"^[A-Za-z0-9_-]{1,64}$",
         description="Deterministic W&B run id (e.g. the Kubernetes Job name) to resume into.",
     )
+    tags: Annotated[list[str], NoDecode, IDENTITY] = Field([], description="W&B run tags.")
     watcher: Annotated[Literal["trainjob", "wandb"], RUNTIME] = Field(
         "trainjob",
         description="Who computes the watch histograms: trainjob (on the device, same records) "
@@ -230,6 +231,30 @@ class Settings(BaseSettings):
     def _check_kernels(cls, value: list[int]) -> list[int]:
         if len(value) != 2 or any(k <= 0 or k > 4096 for k in value):
             raise ValueError("expected a list of 2 integers in 1..4096 like [16, 32]")
+        return value
+
+    @field_validator("tags", mode="before")
+    @classmethod
+    def _parse_tags(cls, value: Any) -> Any:
+        # As for kernels: text from the environment is JSON ('["a", "b"]') or 'a,b'.
+        if isinstance(value, str):
+            text = value.strip()
+            if not text.startswith("["):
+                return [part.strip() for part in text.split(",") if part.strip()]
+            try:
+                return json.loads(text)
+            except ValueError as exc:
+                raise ValueError('expected a JSON list of strings like ["a", "b"], or a,b') from exc
+        return value
+
+    @field_validator("tags")
+    @classmethod
+    def _check_tags(cls, value: list[str]) -> list[str]:
+        # wandb.init refuses a tag that is empty or over 64 characters (wandb_settings.py,
+        # validate_run_tags): refused here instead, before any work, naming the setting.
+        bad = [t for t in value if not 1 <= len(t) <= 64]
+        if bad:
+            raise ValueError(f"a W&B tag has 1 to 64 characters, not {bad[0]!r}")
         return value
 
     @field_validator("watch_log")

@@ -292,6 +292,7 @@ def start(
         "config": config,
         "name": settings.run_name,
         "group": settings.group,
+        "tags": settings.tags or None,
         "job_type": "train",
         "settings": _wandb_settings(settings, on_stop),
     }

@@ -26,6 +26,7 @@ import json
 import os
 import random
 import re
+import socket
 import time
 import warnings
 import zlib
@@ -223,6 +224,9 @@ STATES = {int(ExitCode.OK): "finished", int(ExitCode.STOPPED): "stopped"}
 STATES[int(ExitCode.PREEMPTED)] = "preempted"
 ENGINE_STATES = {"finished": "finished", "stopped": "killed", "preempted": "preempted"}
 DONE_CODES = (int(ExitCode.OK), int(ExitCode.STOPPED))  # a rerun keeps these trials
+# A driver's claim on a point (records.Lease) in the point's folder, held while its trial runs.
+CLAIM_FILE = "claim.json"
+CLAIM_POLL_S = 1.0  # how often a driver waiting for another driver's point looks again
 
 
 @dataclass
@@ -263,9 +267,29 @@ def _epochs_of(folder: Path, record: records.RunRecord | None, metric: str) -> l
     return records.read_epoch_values(records.run_folder(folder, record.run_id), metric)
 
 
+def sweep_group(name: str, source: bytes) -> str:
+    """The W&B group of the sweep's runs: its name and a short hash of its file, so that two
+    different sweeps that share a name stay apart after ``wandb sync``."""
+    return f"{name}-{hashlib.sha256(source).hexdigest()[:8]}"
+
+
+def _live_here(path: Path) -> records.Holder | None:
+    """The claim's holder when it is a live process on this host: known without watching its
+    heartbeat for ``ttl / 3`` s (``Lease.try_acquire``), so waiting drivers poll cheaply."""
+    holder = records.Holder.parse(records.read_json(path))
+    if holder is None or holder.host != socket.gethostname() or holder.pid == os.getpid():
+        return None
+    return None if holder.dead_here() else holder
+
+
 class LocalSweep:
     def __init__(
-        self, config: dict[str, Any], settings: Settings, opts: Options, base_env: dict[str, str]
+        self,
+        config: dict[str, Any],
+        settings: Settings,
+        opts: Options,
+        base_env: dict[str, str],
+        source: bytes = b"",
     ) -> None:
         self.config = config
         self.settings = settings
@@ -273,18 +297,21 @@ class LocalSweep:
         self.metric = (config.get("metric") or {}).get("name", metrics.TEST_ACCURACY)
         self.maximize = (config.get("metric") or {}).get("goal", "maximize") == "maximize"
         self.name = str(config["name"])
+        self.group = sweep_group(self.name, source)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name).strip("-") or "sweep"
         self.out = settings.output_dir / "sweeps" / slug
         self.ckpt = settings.ckpt_dir / "sweeps" / slug
         self.base_env = base_env
         self.results: list[Result] = []
+        self.failures = FailureCounter(settings.max_consecutive_failures)
 
     def env(self, point: Point) -> dict[str, str]:
         return trial_env(
             self.base_env,
             **{
-                env_name("group"): self.name,
+                env_name("group"): self.group,
                 env_name("run_name"): f"{self.name}-{point.key}",
+                env_name("tags"): json.dumps([self.name[:64], point.key]),  # W&B: <= 64 chars
                 env_name("output_dir"): str(self.out / point.key),
                 env_name("checkpoint_dir"): str(self.ckpt / point.key),
             },
@@ -304,52 +331,144 @@ class LocalSweep:
                 yield Point(k, random_point(self.config, k))
 
     def run(self, runner: TrialRunner, signals: SignalForwarder) -> int:
-        failures = FailureCounter(self.settings.max_consecutive_failures)
+        """One pass over this driver's points, claiming each (``attempt``); then the points
+        other live drivers held are waited for (``wait_for``). See docs/sweeps.md, "Several
+        drivers on one sweep"."""
         who = f" (worker {self.opts.worker}/{self.opts.workers})" if self.opts.workers > 1 else ""
-        for point in self.points():
-            folder = self.out / point.key
-            argv = point.argv()
-            print(f"trainjob sweep: {self.name} trial {point.key}{who}: {' '.join(argv)}")
-            if self.opts.dry_run:
-                if self.config["method"] == "bayes":
-                    print("trainjob sweep: (bayes: later points depend on this one's result)")
-                    break
-                continue
-            record = read_result(folder)
-            if record and record.exit_code in DONE_CODES:
-                code = record.exit_code
-                result = Result(point, code, _metric_of(record, self.metric), reused=True)
-                result.run_dir, result.mode = record.run_dir, record.mode
-                result.epochs = _epochs_of(folder, record, self.metric)
-                print(f"trainjob sweep: trial {point.key} already {result.state} in {folder}; kept")
-            else:
-                records.run_record_path(folder).unlink(missing_ok=True)
-                self.leave_rule(folder)
-                started = time.perf_counter()
-                try:
-                    code = signals.run(runner, argv, self.env(point))
-                except Interrupted:
-                    self.report()
-                    raise
-                record = read_result(folder)
-                result = Result(point, code, _metric_of(record, self.metric))
-                result.run_dir = record.run_dir if record else None
-                result.mode = record.mode if record else None
-                result.seconds = time.perf_counter() - started
-                result.epochs = _epochs_of(folder, record, self.metric)
-                value = "-" if result.metric is None else f"{result.metric:.4f}"
-                what = " (stopped early)" if code == ExitCode.STOPPED else ""
-                print(
-                    f"trainjob sweep: trial {point.key} exited {code}{what}; {self.metric}={value} "
-                    f"after {len(result.epochs)} epoch(s) ({result.seconds:.1f} s)"
-                )
-            self.results.append(result)
-            failures.record(result.exit_code)
-            if failures.exhausted:
-                self.report()
-                raise SweepGaveUp(failures.message())
+        skipped: list[Point] = []
+        try:
+            for point in self.points():
+                argv = " ".join(point.argv())
+                print(f"trainjob sweep: {self.name} trial {point.key}{who}: {argv}")
+                if self.opts.dry_run:
+                    if self.config["method"] == "bayes":
+                        print("trainjob sweep: (bayes: later points depend on this one's result)")
+                        break
+                    continue
+                holder = self.attempt(point, runner, signals, rerun_failed=True)
+                if holder is None:
+                    continue
+                if self.config["method"] == "bayes":  # the next proposal needs this result
+                    print(f"trainjob sweep: trial {point.key} is being run by {holder}; waiting")
+                    self.wait_for([point], runner, signals)
+                else:
+                    print(f"trainjob sweep: trial {point.key} is being run by {holder}; skipped")
+                    skipped.append(point)
+            self.wait_for(skipped, runner, signals)
+        except Interrupted:
+            self.report()
+            raise
         self.report()
         return int(ExitCode.OK)
+
+    def wait_for(self, points: list[Point], runner: TrialRunner, signals: SignalForwarder) -> None:
+        """Points another live driver held: each is kept once its result is written, or claimed
+        and run (resumed) once its claim is free or expired (that driver was stopped or died).
+        Waiting, not leaving: a driver that is stopped later would otherwise leave its point
+        to nobody, and the sweep would end with it unfinished."""
+        if points:
+            keys = ", ".join(p.key for p in points)
+            print(f"trainjob sweep: waiting for trial(s) other drivers run: {keys}")
+        while points:
+            points = [p for p in points if self.attempt(p, runner, signals, rerun_failed=False)]
+            if points:
+                signals.check()
+                time.sleep(CLAIM_POLL_S)
+
+    def attempt(
+        self, point: Point, runner: TrialRunner, signals: SignalForwarder, rerun_failed: bool
+    ) -> str | None:
+        """Settle ``point`` (keep its result, or claim it and run its trial) and return None, or
+        describe the live driver that holds its claim. ``rerun_failed``: a failed result left by
+        an earlier sweep is retried; while waiting for another driver, its result is kept (it
+        removed the old one before running the trial, so this one is its)."""
+        folder = self.out / point.key
+        if self._settled(read_result(folder), rerun_failed):
+            self.keep(point, folder)
+            return None
+        claim_file = folder / CLAIM_FILE
+        live = _live_here(claim_file)
+        if live is not None:
+            return live.describe()
+        claim = records.Lease(claim_file, self.settings.lease_ttl_s, "sweep point")
+        holder = claim.try_acquire()
+        if holder is not None:
+            return holder.describe()
+        try:
+            # It may have ended between the first look and the claim; a killed driver's trial
+            # may still be training (see wait_for_orphans), and may end now.
+            if not self._settled(read_result(folder), rerun_failed):
+                self.wait_for_orphans(point, signals)
+            if self._settled(read_result(folder), rerun_failed):
+                self.keep(point, folder)
+            else:
+                self.add(self.run_trial(point, runner, signals))
+        finally:
+            claim.release()
+        return None
+
+    def _settled(self, record: records.RunRecord | None, rerun_failed: bool) -> bool:
+        if record is None or record.exit_code in DONE_CODES:
+            return record is not None
+        return not rerun_failed and record.exit_code != ExitCode.PREEMPTED
+
+    def wait_for_orphans(self, point: Point, signals: SignalForwarder) -> None:
+        """A driver killed alone (``kill -9`` of its pid, not of its pod or process group)
+        leaves its trial training: the claim is dead, but the trial still holds its run's lease
+        (identity.py). A trial started now would not resume that run but start a second one, so
+        wait until every run lease in the point's checkpoint folder is free."""
+        for path in sorted((self.ckpt / point.key).glob(f"*/{records.LEASE_FILE}")):
+            said = False
+            while True:
+                lease = records.Lease(path, self.settings.lease_ttl_s, "sweep point")
+                holder = lease.try_acquire()
+                if holder is None:
+                    lease.release()
+                    break
+                if not said:
+                    print(
+                        f"trainjob sweep: trial {point.key}: run {path.parent.name} is still "
+                        f"being trained by {holder.describe()}; waiting for it to end"
+                    )
+                    said = True
+                signals.check()
+                time.sleep(CLAIM_POLL_S)
+
+    def keep(self, point: Point, folder: Path) -> None:
+        record = read_result(folder)
+        assert record is not None  # settled
+        result = Result(point, record.exit_code, _metric_of(record, self.metric), reused=True)
+        result.run_dir, result.mode = record.run_dir, record.mode
+        result.epochs = _epochs_of(folder, record, self.metric)
+        print(f"trainjob sweep: trial {point.key} already {result.state} in {folder}; kept")
+        self.add(result)
+
+    def run_trial(self, point: Point, runner: TrialRunner, signals: SignalForwarder) -> Result:
+        folder = self.out / point.key
+        records.run_record_path(folder).unlink(missing_ok=True)
+        self.leave_rule(folder)
+        started = time.perf_counter()
+        code = signals.run(runner, point.argv(), self.env(point))
+        record = read_result(folder)
+        result = Result(point, code, _metric_of(record, self.metric))
+        result.run_dir = record.run_dir if record else None
+        result.mode = record.mode if record else None
+        result.seconds = time.perf_counter() - started
+        result.epochs = _epochs_of(folder, record, self.metric)
+        value = "-" if result.metric is None else f"{result.metric:.4f}"
+        what = " (stopped early)" if code == ExitCode.STOPPED else ""
+        print(
+            f"trainjob sweep: trial {point.key} exited {code}{what}; {self.metric}={value} "
+            f"after {len(result.epochs)} epoch(s) ({result.seconds:.1f} s)"
+        )
+        return result
+
+    def add(self, result: Result) -> None:
+        self.results.append(result)
+        self.failures.record(result.exit_code)
+        if self.failures.exhausted:
+            self.report()
+            raise SweepGaveUp(self.failures.message())
 
     def leave_rule(self, folder: Path) -> None:
         """With ``early_terminate``: the rule and every earlier trial's per-epoch values, for
@@ -436,7 +555,7 @@ def run_local(file: str, rest: list[str]) -> int:
     check_local(config, opts)
     base = {k: v for k, v in os.environ.items()}
     base.update(flags_as_env(settings, [n for n in names if n in Settings.model_fields]))
-    sweep = LocalSweep(config, settings, opts, base)
+    sweep = LocalSweep(config, settings, opts, base, Path(file).read_bytes())
     runner = TrialRunner()  # its fork server starts with the first trial that has to run
     signals = SignalForwarder()
     with signals.active():

@@ -250,6 +250,11 @@ class SignalForwarder:
             raise Interrupted(self._message())
         return code
 
+    def check(self) -> None:
+        """Raise ``Interrupted`` when a signal came (between trials, e.g. while waiting)."""
+        if self.signal is not None:
+            raise Interrupted(self._message())
+
     def stop_trial(self) -> None:
         """The sweep stops the running trial (early termination, a user's stop): it ends
         between two steps with exit 6 and keeps no checkpoint. Safe to call twice, or when the
