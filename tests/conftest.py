@@ -4,7 +4,7 @@ import os
 from pathlib import Path
 
 import pytest
-from helpers import write_tiny_mnist
+from helpers import adopt_env, write_tiny_mnist
 
 MNIST_ENV = "MNIST_TEST_DIR"  # set by .ci/run and the Makefile to ../shared/data/mnist
 
@@ -51,3 +51,17 @@ def real_mnist(tmp_path_factory: pytest.TempPathFactory) -> Path:
     for gz in Path(source).glob("*-ubyte.gz"):
         (target / gz.name).symlink_to(gz.resolve())
     return target
+
+
+@pytest.fixture
+def sweep_env(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """This process's environment as a sweep's: offline W&B in tmp_path, tiny data, 1 epoch."""
+    return adopt_env(
+        monkeypatch,
+        tmp_path,
+        TRAINJOB_DATA_DIR=str(tiny_data),
+        TRAINJOB_DATA_SLICE="1",
+        TRAINJOB_EPOCHS="1",
+        TRAINJOB_BATCH_SIZE="64",
+        TRAINJOB_LOG_EVERY="4",
+    )

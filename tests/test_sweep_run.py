@@ -17,26 +17,12 @@ from pathlib import Path
 
 import pytest
 import yaml
-from helpers import adopt_env, offline_runs, read_offline_run
+from helpers import offline_runs, read_offline_run
 
 from trainjob.__main__ import main
 from trainjob.metrics import HISTORY, SUMMARY
 from trainjob.sweep.local import Point, Result, bayes_point, sweep_group
 from trainjob.sweep.spec import load_sweep
-
-
-@pytest.fixture
-def sweep_env(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
-    """This process's environment as a sweep's: offline W&B in tmp_path, tiny data, 1 epoch."""
-    return adopt_env(
-        monkeypatch,
-        tmp_path,
-        TRAINJOB_DATA_DIR=str(tiny_data),
-        TRAINJOB_DATA_SLICE="1",
-        TRAINJOB_EPOCHS="1",
-        TRAINJOB_BATCH_SIZE="64",
-        TRAINJOB_LOG_EVERY="4",
-    )
 
 
 def write(path: Path, config: dict) -> Path:
@@ -96,7 +82,7 @@ def test_offline_grid_end_to_end(sweep_env: Path, capsys: pytest.CaptureFixture)
     by_name = {r.run_info["display_name"]: r.summary["test_accuracy"] for r in runs}
     assert {f"grid-2x2-{r[0]}": float(r[2]) for r in rows} == pytest.approx(by_name, abs=1e-4)
     sync = out.split("upload the offline runs with:\n")[1].splitlines()[0].split()
-    assert sync[:2] == ["wandb", "sync"] and sorted(sync[2:]) == sorted(map(str, run_dirs))
+    assert sync[:2] == ["trainjob", "sync"] and sorted(sync[2:]) == sorted(map(str, run_dirs))
 
     # A rerun (e.g. a restarted pod) keeps the finished trials instead of running them again.
     assert main(["sweep", "run", str(path)]) == 0

@@ -27,6 +27,7 @@ import os
 import random
 import re
 import socket
+import threading
 import time
 import warnings
 import zlib
@@ -40,6 +41,7 @@ from ..errors import ConfigError, ExitCode, SweepGaveUp
 from ..settings import Scope, Settings, env_name, fields_in, load_settings
 from ..sync import hint
 from ..wandb_env import resolve_mode
+from .parallel import SEQUENTIAL, Parallel, Slots, plan
 from .spec import TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
 from .stop import EarlyTermination
 from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
@@ -140,9 +142,13 @@ class Point:
     params: dict[str, Any]
 
     @property
-    def key(self) -> str:
+    def params_key(self) -> str:
         blob = json.dumps(self.params, sort_keys=True).encode()
-        return f"{self.index:03d}-{hashlib.sha1(blob).hexdigest()[:8]}"
+        return hashlib.sha1(blob).hexdigest()[:8]
+
+    @property
+    def key(self) -> str:
+        return f"{self.index:03d}-{self.params_key}"
 
     def argv(self) -> list[str]:
         return [*TRIAL_COMMAND, *(flag(k, v) for k, v in self.params.items())]
@@ -236,9 +242,10 @@ class Result:
     metric: float | None = None
     run_dir: str | None = None
     mode: str | None = None
-    seconds: float = 0.0
+    seconds: float = 0.0  # the trial's wall time, as this driver saw it (0: kept, not run)
     reused: bool = False
     epochs: list[float] = field(default_factory=list)  # the per-epoch metric values
+    train_s: float | None = None  # its summary's perf/train_s: seconds in training steps
 
     @property
     def state(self) -> str:
@@ -290,6 +297,7 @@ class LocalSweep:
         opts: Options,
         base_env: dict[str, str],
         source: bytes = b"",
+        parallel: Parallel = SEQUENTIAL,
     ) -> None:
         self.config = config
         self.settings = settings
@@ -304,6 +312,10 @@ class LocalSweep:
         self.base_env = base_env
         self.results: list[Result] = []
         self.failures = FailureCounter(settings.max_consecutive_failures)
+        self.parallel = parallel
+        self.seen: dict[str, str] = {}  # parameters' hash -> the first trial with them
+        self.lock = threading.Lock()  # results and failures, shared by parallel trials
+        self.started = time.perf_counter()
 
     def env(self, point: Point) -> dict[str, str]:
         return trial_env(
@@ -314,6 +326,7 @@ class LocalSweep:
                 env_name("tags"): json.dumps([self.name[:64], point.key]),  # W&B: <= 64 chars
                 env_name("output_dir"): str(self.out / point.key),
                 env_name("checkpoint_dir"): str(self.ckpt / point.key),
+                **self.parallel.env(),  # its share of the CPU threads
             },
         )
 
@@ -321,7 +334,9 @@ class LocalSweep:
         method, cap = self.config["method"], self.config.get("run_cap")
         if method == "bayes":  # one worker (check_local); each point sees every earlier result
             for k in planned(cap, self.opts):
-                yield Point(k, bayes_point(self.config, k, self.results))
+                with self.lock:  # trials running in parallel add theirs as they end
+                    done = list(self.results)
+                yield Point(k, bayes_point(self.config, k, done))
         elif method == "grid":
             grid = grid_points(self.config)
             for k in planned(min(cap or len(grid), len(grid)), self.opts):
@@ -331,35 +346,59 @@ class LocalSweep:
                 yield Point(k, random_point(self.config, k))
 
     def run(self, runner: TrialRunner, signals: SignalForwarder) -> int:
-        """One pass over this driver's points, claiming each (``attempt``); then the points
-        other live drivers held are waited for (``wait_for``). See docs/sweeps.md, "Several
-        drivers on one sweep"."""
-        who = f" (worker {self.opts.worker}/{self.opts.workers})" if self.opts.workers > 1 else ""
+        """One pass over this driver's points, claiming each (``attempt``), up to
+        ``parallel.trials`` of them at once; then the points other live drivers held are waited
+        for (``wait_for``). See docs/sweeps.md, "Several drivers on one sweep"."""
         skipped: list[Point] = []
+        self.started = time.perf_counter()
         try:
-            for point in self.points():
-                argv = " ".join(point.argv())
-                print(f"trainjob sweep: {self.name} trial {point.key}{who}: {argv}")
-                if self.opts.dry_run:
-                    if self.config["method"] == "bayes":
+            with Slots(self.parallel.trials, signals.check) as slots:
+                for point in self.points():
+                    if self.announce(point):
+                        slots.submit(self.settle, point, runner, signals, skipped)
+                    elif self.opts.dry_run and self.config["method"] == "bayes":
                         print("trainjob sweep: (bayes: later points depend on this one's result)")
                         break
-                    continue
-                holder = self.attempt(point, runner, signals, rerun_failed=True)
-                if holder is None:
-                    continue
-                if self.config["method"] == "bayes":  # the next proposal needs this result
-                    print(f"trainjob sweep: trial {point.key} is being run by {holder}; waiting")
-                    self.wait_for([point], runner, signals)
-                else:
-                    print(f"trainjob sweep: trial {point.key} is being run by {holder}; skipped")
-                    skipped.append(point)
             self.wait_for(skipped, runner, signals)
-        except Interrupted:
+        except (Interrupted, SweepGaveUp):
             self.report()
             raise
         self.report()
         return int(ExitCode.OK)
+
+    def announce(self, point: Point) -> bool:
+        """Say which trial comes; False when it is not to be run here (a dry run, or the same
+        parameters as a trial this sweep already has: random and bayes search may propose a
+        point twice, and a second run of it would teach the sweep nothing)."""
+        if self.opts.dry_run:
+            self.say_trial(point)
+            return False
+        same = self.seen.get(point.params_key)
+        if same is not None:
+            print(f"trainjob sweep: trial {point.key} has the parameters of trial {same}; skipped")
+            return False
+        self.seen[point.params_key] = point.key
+        return True
+
+    def say_trial(self, point: Point) -> None:
+        who = f" (worker {self.opts.worker}/{self.opts.workers})" if self.opts.workers > 1 else ""
+        print(f"trainjob sweep: {self.name} trial {point.key}{who}: {' '.join(point.argv())}")
+
+    def settle(
+        self, point: Point, runner: TrialRunner, signals: SignalForwarder, skipped: list[Point]
+    ) -> None:
+        """Run or keep ``point``; one another live driver holds is waited for in place (bayes:
+        the next proposal needs its result) or left for ``wait_for`` (grid, random)."""
+        self.say_trial(point)
+        holder = self.attempt(point, runner, signals, rerun_failed=True)
+        if holder is None:
+            return
+        if self.config["method"] == "bayes":
+            print(f"trainjob sweep: trial {point.key} is being run by {holder}; waiting")
+            self.wait_for([point], runner, signals)
+        else:
+            print(f"trainjob sweep: trial {point.key} is being run by {holder}; skipped")
+            skipped.append(point)
 
     def wait_for(self, points: list[Point], runner: TrialRunner, signals: SignalForwarder) -> None:
         """Points another live driver held: each is kept once its result is written, or claimed
@@ -438,6 +477,7 @@ class LocalSweep:
         record = read_result(folder)
         assert record is not None  # settled
         result = Result(point, record.exit_code, _metric_of(record, self.metric), reused=True)
+        result.train_s = _metric_of(record, metrics.TRAIN_S)
         result.run_dir, result.mode = record.run_dir, record.mode
         result.epochs = _epochs_of(folder, record, self.metric)
         print(f"trainjob sweep: trial {point.key} already {result.state} in {folder}; kept")
@@ -451,6 +491,7 @@ class LocalSweep:
         code = signals.run(runner, point.argv(), self.env(point))
         record = read_result(folder)
         result = Result(point, code, _metric_of(record, self.metric))
+        result.train_s = _metric_of(record, metrics.TRAIN_S)
         result.run_dir = record.run_dir if record else None
         result.mode = record.mode if record else None
         result.seconds = time.perf_counter() - started
@@ -464,11 +505,11 @@ class LocalSweep:
         return result
 
     def add(self, result: Result) -> None:
-        self.results.append(result)
-        self.failures.record(result.exit_code)
-        if self.failures.exhausted:
-            self.report()
-            raise SweepGaveUp(self.failures.message())
+        with self.lock:
+            self.results.append(result)
+            self.failures.record(result.exit_code)
+            if self.failures.exhausted:
+                raise SweepGaveUp(self.failures.message())
 
     def leave_rule(self, folder: Path) -> None:
         """With ``early_terminate``: the rule and every earlier trial's per-epoch values, for
@@ -476,7 +517,8 @@ class LocalSweep:
         (folder / records.RULE_FILE).unlink(missing_ok=True)
         if "early_terminate" not in self.config:
             return
-        runs = [{"name": r.point.key, "history": r.epochs} for r in self.results if r.epochs]
+        with self.lock:
+            runs = [{"name": r.point.key, "history": r.epochs} for r in self.results if r.epochs]
         EarlyTermination.write(folder, self.config, runs)
 
     def ranked(self) -> list[Result]:
@@ -487,6 +529,22 @@ class LocalSweep:
 
         return sorted(self.results, key=key)
 
+    def cost(self) -> str:
+        """Where this driver's time went: the trials it ran, their training (perf/train_s)
+        against their wall time, and the sweep's wall time with ``parallel.trials`` slots."""
+        ran = [r for r in self.results if r.seconds]
+        train = sum(r.train_s or 0.0 for r in ran)
+        trials = sum(r.seconds for r in ran)
+        wall = time.perf_counter() - self.started
+        slots = self.parallel.trials
+        share = f"{train / trials:.0%}" if trials else "-"
+        busy = f"{train / (wall * slots):.0%}" if wall else "-"
+        return (
+            f"trainjob sweep: cost: {len(ran)} trial(s) run here, training {train:.1f} s of "
+            f"{trials:.1f} s trial time ({share}); sweep wall {wall:.1f} s with {slots} "
+            f"slot(s): training {busy} of the slots' time"
+        )
+
     def report(self) -> None:
         if self.opts.dry_run:
             return
@@ -494,7 +552,7 @@ class LocalSweep:
             print(f"trainjob sweep: {self.name}: no trial for this worker")
             return
         names = list(self.config["parameters"])
-        header = ["trial", "exit", self.metric, "state", "epochs", *names]
+        header = ["trial", "exit", self.metric, "state", "epochs", "train s", "wall s", *names]
         rows = [
             [
                 r.point.key,
@@ -502,6 +560,8 @@ class LocalSweep:
                 "-" if r.metric is None else f"{r.metric:.4f}",
                 r.state,
                 str(len(r.epochs)),
+                "-" if r.train_s is None else f"{r.train_s:.1f}",
+                f"{r.seconds:.1f}" if r.seconds else "-",
                 *(json.dumps(r.point.params.get(n)) for n in names),
             ]
             for r in self.ranked()
@@ -515,6 +575,7 @@ class LocalSweep:
         )
         for row in [header, *rows]:
             print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
+        print(self.cost())
         offline = [r.run_dir for r in self.ranked() if r.run_dir and r.mode == "offline"]
         if offline:
             print(f"\nupload the offline runs with:\n  {hint(*map(Path, offline))}")
@@ -555,7 +616,10 @@ def run_local(file: str, rest: list[str]) -> int:
     check_local(config, opts)
     base = {k: v for k, v in os.environ.items()}
     base.update(flags_as_env(settings, [n for n in names if n in Settings.model_fields]))
-    sweep = LocalSweep(config, settings, opts, base, Path(file).read_bytes())
+    par = plan(settings, explicit_threads="threads" in names or env_name("threads") in os.environ)
+    if par.trials > 1:
+        print(f"trainjob sweep: {par.why}", flush=True)
+    sweep = LocalSweep(config, settings, opts, base, Path(file).read_bytes(), par)
     runner = TrialRunner()  # its fork server starts with the first trial that has to run
     signals = SignalForwarder()
     with signals.active():

@@ -16,6 +16,8 @@ single-threaded trial per core, up to 8.
 from __future__ import annotations
 
 import os
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,6 +36,9 @@ class Parallel:
     def env(self) -> dict[str, str]:
         """What each trial's environment gets on top of the sweep's."""
         return {} if self.threads is None else {env_name("threads"): str(self.threads)}
+
+
+SEQUENTIAL = Parallel(1, None, "one trial at a time")
 
 
 def gpus_visible(device: str) -> int:
@@ -70,3 +75,55 @@ def plan(settings: Settings, explicit_threads: bool) -> Parallel:
         return Parallel(n, None, why)
     threads = max(1, cores // n)
     return Parallel(n, threads, f"{why}, {threads} CPU thread(s) each")
+
+
+class Slots:
+    """Runs up to ``n`` calls at once, each in a thread of its own (a trial's thread only waits
+    for its process): ``submit`` blocks while every slot is busy. With ``n == 1`` a call runs
+    right away in the caller's thread, exactly as a plain loop would.
+
+    The first error a call raises (a signal's ``Interrupted``, ``SweepGaveUp``) is raised again
+    by the next ``submit`` or by leaving the ``with`` block, which always waits for the calls
+    still running: their trials end on their own (or by the forwarded signal), never orphaned.
+    ``check`` is called while waiting for a slot (it raises when the sweep was signalled).
+    """
+
+    def __init__(self, n: int, check: Callable[[], None]) -> None:
+        self.n = n
+        self.check = check
+        self._free = threading.Semaphore(n)
+        self._threads: list[threading.Thread] = []
+        self._errors: list[BaseException] = []
+
+    def __enter__(self) -> Slots:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for thread in self._threads:
+            thread.join()
+        if self._errors and exc[0] is None:
+            raise self._errors[0]
+
+    def submit(self, call: Callable[..., object], *args: object) -> None:
+        if self.n == 1:
+            call(*args)
+            return
+        while not self._free.acquire(timeout=0.2):
+            if self._errors:
+                raise self._errors[0]
+            self.check()
+        if self._errors:
+            self._free.release()
+            raise self._errors[0]
+
+        def body() -> None:
+            try:
+                call(*args)
+            except BaseException as exc:  # handed to the main thread
+                self._errors.append(exc)
+            finally:
+                self._free.release()
+
+        thread = threading.Thread(target=body, name="trainjob-trial-slot")
+        self._threads.append(thread)
+        thread.start()

@@ -26,17 +26,37 @@ THIS_RUN = "this-trial"
 
 
 class EarlyTermination:
-    """The sweep's early-termination rule against the earlier trials' per-epoch values."""
+    """The sweep's early-termination rule against the other trials' per-epoch values: those the
+    driver knew when it started this trial (the rule file's ``runs``) and, read again at each
+    check, those the sibling trial folders hold now (trials running in parallel, or run by
+    another driver on the same folders), as W&B's server compares a run with every run of its
+    sweep, running ones included."""
 
-    def __init__(self, config: Mapping[str, Any], runs: list[Mapping[str, Any]]) -> None:
+    def __init__(
+        self, config: Mapping[str, Any], runs: list[Mapping[str, Any]], folder: Path | None = None
+    ) -> None:
         self.config = dict(config)
         self.metric = str(self.config["metric"]["name"])
         self.runs = runs
+        self.folder = folder  # this trial's folder: its siblings are the sweep's other trials
 
     @classmethod
     def load(cls, folder: Path) -> EarlyTermination | None:
         blob = records.read_rule(folder)
-        return cls(blob["config"], blob["runs"]) if blob is not None else None
+        return cls(blob["config"], blob["runs"], folder) if blob is not None else None
+
+    def others(self) -> dict[str, list[float]]:
+        """Each other trial's per-epoch values, by trial: the longest known."""
+        found = {str(r["name"]): list(r["history"]) for r in self.runs}
+        siblings = self.folder.parent.iterdir() if self.folder is not None else []
+        for sibling in siblings:
+            if sibling == self.folder or not sibling.is_dir():
+                continue
+            for run in sibling.iterdir():  # <trial>/<run id>/epochs.json
+                values = records.read_epoch_values(run, self.metric) if run.is_dir() else []
+                if len(values) > len(found.get(sibling.name, [])):
+                    found[sibling.name] = values
+        return found
 
     @staticmethod
     def write(folder: Path, config: Mapping[str, Any], runs: list[Mapping[str, Any]]) -> None:
@@ -51,7 +71,7 @@ class EarlyTermination:
             # The alias: under pydantic 2, sweeps 0.2.0 silently drops history=...
             return engine.SweepRun(name=name, state=state, sampledHistory=rows)
 
-        earlier = [run(str(r["name"]), "finished", list(r["history"])) for r in self.runs]
+        earlier = [run(name, "finished", history) for name, history in self.others().items()]
         this = run(THIS_RUN, "running", values)
         stop = engine.stop_runs(self.config, [*earlier, this])
         if not any(r.name == THIS_RUN for r in stop):

@@ -22,6 +22,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from multiprocessing import forkserver
 from pathlib import Path
@@ -182,8 +183,12 @@ class Interrupted(TrainjobError):
 
 
 class SignalForwarder:
-    """While active, SIGTERM/SIGINT/SIGUSR1 sent to the sweep process go to the running trial
-    (which checkpoints and exits 143) and stop the sweep after it. Kubernetes signals only PID 1.
+    """While active, SIGTERM/SIGINT/SIGUSR1 sent to the sweep process go to every running trial
+    (each checkpoints and exits 143) and stop the sweep after them. Kubernetes signals only PID 1.
+
+    ``run`` may be called from several threads at once (parallel trials). The handler runs in
+    the main thread and must never wait for a lock a worker holds, so the running trials are a
+    tuple that is replaced, never changed in place: the handler reads whichever is current.
 
     ``interrupt_when_idle``: with no trial running, raise KeyboardInterrupt in the main thread,
     which is how W&B's agent is told to stop waiting for its next trial.
@@ -191,17 +196,24 @@ class SignalForwarder:
 
     def __init__(self, interrupt_when_idle: bool = False) -> None:
         self.signal: int | None = None
-        self.trial: Trial | None = None
+        self.trials: tuple[Trial, ...] = ()
         self.interrupt_when_idle = interrupt_when_idle
         self._previous: dict[int, Any] = {}
+        self._lock = threading.Lock()  # between workers only; the handler never takes it
 
     def _handle(self, signum: int, _frame: object) -> None:
         first = self.signal is None
         self.signal = signum
-        if self.trial is not None:
-            self.trial.send(signum)
-        elif first and self.interrupt_when_idle:
+        running = self.trials
+        for trial in running:
+            trial.send(signum)
+        if not running and first and self.interrupt_when_idle:
             raise KeyboardInterrupt
+
+    def _track(self, trial: Trial, running: bool) -> None:
+        with self._lock:
+            others = tuple(t for t in self.trials if t is not trial)
+            self.trials = (*others, trial) if running else others
 
     @contextlib.contextmanager
     def active(self) -> Iterator[SignalForwarder]:
@@ -227,7 +239,8 @@ class SignalForwarder:
         stopped (exit 6) and its exit status returned."""
         if self.signal is not None:
             raise Interrupted(self._message())
-        trial = self.trial = runner.start(argv, env)
+        trial = runner.start(argv, env)
+        self._track(trial, running=True)
         try:
             if self.signal is not None:  # it came while the trial was being started
                 trial.send(self.signal)
@@ -245,7 +258,7 @@ class SignalForwarder:
             trial.wait()
             raise
         finally:
-            self.trial = None
+            self._track(trial, running=False)
         if self.signal is not None:
             raise Interrupted(self._message())
         return code
@@ -256,11 +269,11 @@ class SignalForwarder:
             raise Interrupted(self._message())
 
     def stop_trial(self) -> None:
-        """The sweep stops the running trial (early termination, a user's stop): it ends
+        """The sweep stops the running trial(s) (early termination, a user's stop): it ends
         between two steps with exit 6 and keeps no checkpoint. Safe to call twice, or when the
         trial has already ended."""
-        if self.trial is not None:
-            self.trial.send(STOP_SIGNAL)
+        for trial in self.trials:
+            trial.send(STOP_SIGNAL)
 
     def _message(self) -> str:
         name = signal.Signals(self.signal).name if self.signal else "signal"
