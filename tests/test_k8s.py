@@ -923,6 +923,7 @@ def test_sweep_agent_pod_up_to_the_wandb_server(
     seen = boundary(pod)
     assert seen["command"] == ["agent"] and seen["rest"] == []
     assert seen["settings"]["sweep_id"] == sweep_id
+    assert seen["settings"]["parallel_trials"] == "auto"  # trials share the pod's GPU
     # Here, with no key and so no server, the agent stops at once: one line, exit 2.
     out = pod.run(pod_root, timeout=120)
     assert out.returncode == ExitCode.BAD_CONFIG, out.stderr[-3000:]
@@ -943,6 +944,7 @@ def test_offline_sweep_pod_runs_its_share(
     assert (pod.env["JOB_COMPLETION_INDEX"], pod.env["JOB_COMPLETIONS"]) == ("0", str(workers))
     seen = boundary(pod)
     assert seen["command"] == ["sweep", "run", str(sweep_file)] and seen["rest"] == []
+    assert seen["settings"]["parallel_trials"] == "auto"
     put_tiny_data(pod, tiny_data)
     out = pod.run(pod_root, timeout=600)
     assert out.returncode == 0, out.stderr[-3000:]
