@@ -367,7 +367,8 @@ def _train_and_export(
     # One folder per run: a later job (another run id) never overwrites this model.
     model_path = records.run_folder(settings.output_dir, tracker.run_id) / "model.onnx"
     sample = data.to_float(dataset.test.images[:16])
-    export.export_onnx(model, sample, model_path, settings.onnx_exporter)
+    cache_dir = settings.cache_dir or data.default_cache_dir()  # the ONNX template's too
+    export.export_onnx(model, sample, model_path, settings.onnx_exporter, cache_dir)
     try:
         records.point_latest(settings.output_dir / "model.onnx", model_path)
     except OSError as exc:
