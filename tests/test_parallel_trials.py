@@ -39,6 +39,7 @@ def test_two_agents_share_the_plan_and_train_at_once(tmp_path: Path, tiny_data: 
     plan = [{"learning_rate": lr, "epochs": 3} for lr in (0.01, 0.02, 0.03, 0.004)]
     with fake_wandb("ok", tmp_path, plan=plan) as server:
         env = env_for(tmp_path, tiny_data, server.url)
+        del env["TRAINJOB_THREADS"]  # the agent divides the CPU threads itself
         agent = start_agent(tmp_path, env, "--parallel_trials", "2")
         out, err = agent.communicate(timeout=400)
         assert agent.returncode == 0, err[-3000:]

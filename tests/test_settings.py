@@ -177,7 +177,12 @@ def test_every_field_is_classified_once_and_the_lists_follow() -> None:
     by_scope = {scope: fields_in(scope) for scope in Scope}
     assert sorted(sum(by_scope.values(), ())) == sorted(every)  # each field in exactly one
     assert by_scope[Scope.IDENTITY] == ("run_name", "group", "run_id", "tags")
-    assert set(by_scope[Scope.SWEEP]) == {"sweep_id", "sweep_count", "max_consecutive_failures"}
+    assert set(by_scope[Scope.SWEEP]) == {
+        "sweep_id",
+        "sweep_count",
+        "max_consecutive_failures",
+        "parallel_trials",
+    }
     assert set(by_scope[Scope.PLACE]) == {"output_dir", "checkpoint_dir"}
     assert {"epochs", "learning_rate", "kernels", "seed", "dataset"} <= set(by_scope[Scope.LEARNED])
     assert {"device", "threads", "data_dir", "watcher"} <= set(by_scope[Scope.RUNTIME])
