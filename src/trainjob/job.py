@@ -138,9 +138,10 @@ def run(settings: Settings, started: float | None = None) -> int:
     when the process began the job (``perf/trial_s`` counts from it)."""
     started = time.perf_counter() if started is None else started
     wandb_mode = _preflight(settings)
-    from . import identity
+    from . import identity, tracking
 
     claim = identity.claim(settings, wandb_mode)
+    tracking.prestart(wandb_mode)  # W&B's service starts while the data loads
     try:
         return _run_claimed(settings, claim, wandb_mode, started)
     finally:

@@ -19,6 +19,7 @@ import contextlib
 import os
 import shutil
 import sys
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -267,6 +268,26 @@ def run_trace(settings: Settings, run_id: str, mode: str) -> Trace:
     last = keys.get("lastStep") if isinstance(keys, dict) else None
     trace.saw(int(last) if isinstance(last, int) else (0 if lines > 0 else None), where)
     return trace
+
+
+def prestart(mode: str) -> threading.Thread | None:
+    """Start W&B's service process (wandb-core) now, in the background, so that the job's data
+    loading and model building overlap it instead of waiting for it in ``wandb.init``: a fresh
+    process's first ``wandb.init`` spent ~0.2 s of its ~0.3 s starting the service (2-core CPU;
+    a second one in the same process took 0.09 s). ``wandb.setup`` is W&B's documented way to
+    start it early and is thread-safe (its singleton and connection are created under locks);
+    ``wandb.init`` then uses it. Called after ``choose_mode``, which sets the variables the
+    service reads at its start. A failure here is left to ``wandb.init`` to report."""
+    if mode == "disabled":
+        return None
+
+    def setup() -> None:
+        with contextlib.suppress(Exception):
+            wandb.setup()
+
+    thread = threading.Thread(target=setup, name="trainjob-wandb-setup", daemon=True)
+    thread.start()
+    return thread
 
 
 def start(
