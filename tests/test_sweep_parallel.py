@@ -9,12 +9,14 @@ tests/test_sweep_run.py.
 from __future__ import annotations
 
 import os
+import secrets
 import signal
 import threading
 import time
 from pathlib import Path
 
 import pytest
+from fake_wandb import silent_listener
 from helpers import offline_runs, read_offline_run
 from test_sweep_run import METRIC, table, trial_records, write
 
@@ -134,3 +136,29 @@ def test_random_run_cap_is_exact_and_repeated_points_are_skipped(
     params = [(r["run_id"], k[4:]) for k, r in records.items()]
     assert len({p for _, p in params}) == len(params)  # no two trials with the same parameters
     assert 1 <= len(records) <= 4  # a 2x2 space
+
+
+def test_a_silent_server_is_asked_once_per_sweep(
+    sweep_env: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture
+) -> None:
+    """Online against a server that accepts and never answers: the driver asks once, within
+    TRAINJOB_WANDB_INIT_TIMEOUT, and every trial runs offline from its start, instead of each
+    trial waiting that long before it falls back."""
+    config = {"name": "silent", "method": "grid", "parameters": {"seed": {"values": [1, 2, 3]}}}
+    path = write(sweep_env / "s.yaml", config)
+    with silent_listener() as server:
+        monkeypatch.setenv("WANDB_MODE", "online")
+        monkeypatch.setenv("WANDB_API_KEY", f"canary-{secrets.token_hex(20)}")
+        monkeypatch.setenv("WANDB_BASE_URL", server.url)
+        monkeypatch.setenv("TRAINJOB_WANDB_INIT_TIMEOUT", "3")
+        began = time.monotonic()
+        assert main(["sweep", "run", str(path)]) == 0
+        seconds = time.monotonic() - began
+        asked = server.connections
+    out, err = capsys.readouterr()
+    assert out.count("unreachable") == 1 and "every trial runs offline" in out
+    runs = [read_offline_run(p) for p in offline_runs(sweep_env)]
+    assert len(runs) == 3 and all(r.exit_code == 0 for r in runs)
+    assert "going offline" not in err and "continuing offline" not in err  # no trial waited
+    assert asked <= 3, asked  # the driver's question only (TCP probe, its W&B client)
+    print(f"3 trials against a silent server: {seconds:.1f} s, {asked} connection(s)")

@@ -581,6 +581,27 @@ class LocalSweep:
             print(f"\nupload the offline runs with:\n  {hint(*map(Path, offline))}")
 
 
+def server_once(settings: Settings) -> dict[str, str]:
+    """Online, the W&B server is asked once for the whole sweep: one that does not answer would
+    otherwise cost every trial its own ``TRAINJOB_WANDB_INIT_TIMEOUT`` wait before it goes
+    offline. Then every trial runs offline (``WANDB_MODE`` in its environment), said in one
+    line; a rejected key is exit 2 before any trial, as for a job."""
+    from ..wandb_env import base_url, has_api_key
+    from ..wandb_server import check_server
+
+    if not has_api_key():
+        return {}  # each trial says it (exit 2): the same message as a plain job
+    reason = check_server(settings.wandb_init_timeout)
+    if reason is None:
+        return {}
+    print(
+        f"trainjob sweep: W&B server {base_url()} unreachable ({reason}); every trial runs "
+        "offline: upload them later with the trainjob sync line at the end",
+        flush=True,
+    )
+    return {"WANDB_MODE": "offline"}
+
+
 def check_local(config: dict[str, Any], opts: Options) -> None:
     method = config["method"]
     if method == "bayes" and opts.workers > 1:
@@ -604,7 +625,7 @@ def run_local(file: str, rest: list[str]) -> int:
             f"TRAINJOB_SWEEP_ID={settings.sweep_id} names a sweep on the W&B server (run it with "
             "trainjob agent); unset it to run the sweep file locally"
         )
-    resolve_mode()
+    mode = resolve_mode()
     config = load_sweep(file, allowed=metrics.SUMMARY)
     clash = sorted(set(names) & (set(config["parameters"]) | set(PER_TRIAL_FIELDS)))
     if clash:
@@ -616,6 +637,8 @@ def run_local(file: str, rest: list[str]) -> int:
     check_local(config, opts)
     base = {k: v for k, v in os.environ.items()}
     base.update(flags_as_env(settings, [n for n in names if n in Settings.model_fields]))
+    if mode in ("online", "shared") and not opts.dry_run:
+        base.update(server_once(settings))
     par = plan(settings, explicit_threads="threads" in names or env_name("threads") in os.environ)
     if par.trials > 1:
         print(f"trainjob sweep: {par.why}", flush=True)
