@@ -38,9 +38,7 @@ def _umount(target: Path) -> None:
 
 
 @contextlib.contextmanager
-def readonly_mount(source: Path, target: Path) -> Iterator[Path]:
-    """``source`` seen read-only at ``target`` (a read-only bind mount: EROFS on any write)."""
-    target.mkdir(parents=True)
+def _readonly_bind(source: Path, target: Path) -> Iterator[Path]:
     if not _mount("--bind", str(source), str(target)):
         pytest.skip("needs root and mount (a read-only bind mount)")
     try:
@@ -52,17 +50,19 @@ def readonly_mount(source: Path, target: Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
+def readonly_mount(source: Path, target: Path) -> Iterator[Path]:
+    """``source`` seen read-only at ``target`` (a read-only bind mount: EROFS on any write)."""
+    target.mkdir(parents=True)
+    with _readonly_bind(source, target):
+        yield target
+
+
+@contextlib.contextmanager
 def readonly_in_place(folder: Path) -> Iterator[Path]:
     """``folder`` itself turned read-only (bound onto itself, then remounted ro), as a volume
     that goes read-only under a running job: open files stay, every new write gets EROFS."""
-    if not _mount("--bind", str(folder), str(folder)):
-        pytest.skip("needs root and mount (a read-only bind mount)")
-    try:
-        if not _mount("-o", "remount,bind,ro", str(folder)):
-            pytest.skip("needs root and mount (a read-only bind mount)")
+    with _readonly_bind(folder, folder):
         yield folder
-    finally:
-        _umount(folder)
 
 
 @contextlib.contextmanager

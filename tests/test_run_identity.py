@@ -58,6 +58,26 @@ def signalled(
     )
 
 
+def long_job(env: dict[str, str], tmp: Path) -> subprocess.Popen[str]:
+    """A job that trains far longer than a test waits for it (500 tiny epochs)."""
+    return subprocess.Popen(
+        [sys.executable, "-m", "trainjob", *ARGS, "--epochs", "500"],
+        env=env,
+        cwd=tmp,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+def wait_until(proc: subprocess.Popen[str], ready, poll_s: float = 0.05) -> None:
+    """Wait (at most 120 s) until ``ready()`` while ``proc`` runs."""
+    deadline = time.monotonic() + 120
+    while not ready():
+        assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
+        time.sleep(poll_s)
+
+
 def error_line(stderr: str) -> str:
     assert "Traceback" not in stderr, stderr
     lines = [ln for ln in stderr.splitlines() if ln.startswith("trainjob: error:")]
@@ -123,19 +143,9 @@ def test_history_without_checkpoint_is_refused_online(tiny_data: Path, tmp_path:
 def test_second_live_job_with_the_same_run_id_exits_9(tiny_data: Path, tmp_path: Path) -> None:
     env = job_env(tmp_path, tiny_data, TRAINJOB_RUN_ID="twice", TRAINJOB_LEASE_TTL_S="3")
     lease = tmp_path / "outputs" / "checkpoints" / "twice" / records.LEASE_FILE
-    first = subprocess.Popen(
-        [sys.executable, "-m", "trainjob", *ARGS, "--epochs", "500"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    first = long_job(env, tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not offline_runs(tmp_path):  # the W&B run exists: the job trains
-            assert first.poll() is None and time.monotonic() < deadline, first.communicate()
-            time.sleep(0.1)
+        wait_until(first, lambda: offline_runs(tmp_path))  # the W&B run exists: it trains
         holder = records.Holder.parse(records.read_json(lease))
         assert holder is not None and holder.pid == first.pid
 
@@ -242,19 +252,9 @@ def test_output_folder_turning_read_only_mid_run_exits_5(tiny_data: Path, tmp_pa
     out = tmp_path / "outputs"
     out.mkdir()
     env = job_env(tmp_path, tiny_data, TRAINJOB_RUN_ID="ro", TRAINJOB_CHECKPOINT_EVERY_STEPS="0")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "trainjob", *ARGS, "--epochs", "500"],
-        env=env,
-        cwd=tmp_path,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = long_job(env, tmp_path)
     try:
-        deadline = time.monotonic() + 120
-        while not (out / "ro" / records.EPOCHS_FILE).exists():  # an epoch ended: training
-            assert proc.poll() is None and time.monotonic() < deadline, proc.communicate()
-            time.sleep(0.05)
+        wait_until(proc, (out / "ro" / records.EPOCHS_FILE).exists)  # an epoch ended: training
         with readonly_in_place(out):  # the same folder, now read-only (EROFS, root too)
             _, stderr = proc.communicate(timeout=120)
     finally:
