@@ -290,10 +290,12 @@ def test_k8s_train_pod_runs_in_docker_as_it_would_in_the_cluster(
     assert run_.config["env"]["threads"] == int(pod.env["OMP_NUM_THREADS"])
     (model,) = models(files)
     assert model.stat().st_size > 10_000
-    # Checkpoints on the claim, one folder per Job (empty: the run finished).
+    # Checkpoints on the claim, one folder per run id, i.e. per Job (empty: the run finished,
+    # its checkpoints and its lease are gone).
     ckpt = pod.env["TRAINJOB_CHECKPOINT_DIR"]
-    assert ckpt == f"/workspace/checkpoints/{uid}"
-    assert (files / os.path.relpath(ckpt, "/workspace")).is_dir()
+    assert ckpt == "/workspace/checkpoints"
+    run_ckpt = files / os.path.relpath(ckpt, "/workspace") / uid
+    assert run_ckpt.is_dir() and not list(run_ckpt.iterdir())
 
 
 # --- (e) an offline sweep in the image ----------------------------------------------------------

@@ -24,7 +24,7 @@ import subprocess
 import sys
 import threading
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from multiprocessing import forkserver
+from multiprocessing import connection, forkserver
 from pathlib import Path
 from typing import Any
 
@@ -65,6 +65,13 @@ PRELOAD = (
 )
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 POLL_S = 0.5
+# A forked trial's exit code comes from the fork server through its sentinel, read once by
+# whichever ``poll`` gets there first; another reader at the same moment gets EOF and records 255
+# (multiprocessing/popen_forkserver.py). ``Process.start`` polls every other live child
+# (``multiprocessing.process._cleanup``), so a trial started in one thread while another thread
+# waits for its own trial can steal that trial's code: parallel trials saw a stopped trial's 6
+# turn into 255. Every start and every exit-code read holds this lock.
+_STATUS_LOCK = threading.Lock()
 # Exit codes that are not a failure of the trial: done, stopped by the sweep, preempted
 # (W&B's own counter treats a preempted run as failed: wandb/wandb#12821).
 NOT_FAILED = (int(ExitCode.OK), int(ExitCode.STOPPED), int(ExitCode.PREEMPTED))
@@ -137,9 +144,13 @@ class Trial:
                 with contextlib.suppress(subprocess.TimeoutExpired):
                     return exit_status(self._proc.wait(timeout=POLL_S))
             else:
-                self._proc.join(timeout=POLL_S)
-                if self._proc.exitcode is not None:
-                    return exit_status(self._proc.exitcode)
+                # Wait on the sentinel without reading it; read the exit code under the lock
+                # (see _STATUS_LOCK): two threads reading one sentinel lose the code.
+                connection.wait([self._proc.sentinel], timeout=POLL_S)
+                with _STATUS_LOCK:
+                    code = self._proc.exitcode
+                if code is not None:
+                    return exit_status(code)
 
 
 class TrialRunner:
@@ -171,7 +182,8 @@ class TrialRunner:
         proc = self._ctx.Process(
             target=self._target, args=(list(argv), dict(env), argv0), name="trainjob-trial"
         )
-        proc.start()
+        with _STATUS_LOCK:  # start() polls every other child (see _STATUS_LOCK)
+            proc.start()
         return Trial(proc)
 
 
