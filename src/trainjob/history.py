@@ -94,24 +94,6 @@ def history_floor(tracker: Any) -> int:
     return floor
 
 
-def sync_command(tracker: Any) -> str | None:
-    """For an offline run split over several folders: the command that uploads all of them.
-
-    Each file holds its own run record, and only the sync's ``resume`` setting makes the second
-    and later ones *append* to the run (wandb-core's ``runupserter.InitRun``): without it each
-    would start the history over. ``trainjob sync`` (sync.py) uploads a run's folders oldest first,
-    the later ones with ``WANDB_RESUME=allow``; folders already uploaded carry a
-    ``.wandb.synced`` marker and are skipped.
-    """
-    if getattr(tracker, "mode", None) != "offline" or tracker.run_dir is None:
-        return None
-    run_dir = Path(tracker.run_dir)
-    if not earlier_transaction_logs(run_dir, tracker.run_id):
-        return None
-    # `trainjob sync RUN_DIR` (sync.hint): a run folder selects every folder of its run id.
-    return tracker.sync_command()
-
-
 def earlier_transaction_logs(run_dir: Path, run_id: str) -> list[Path]:
     """``run-<id>.wandb`` files of the same run id beside ``run_dir`` (earlier processes)."""
     found = []

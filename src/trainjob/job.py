@@ -425,8 +425,6 @@ def _finish(
     stop: StopRequest,
 ) -> None:
     """Close the W&B run and write run.json, whatever happened."""
-    from .history import sync_command
-
     # Handlers stay installed through finish: a SIGTERM after training only sets the flag
     # and the job completes (exit 0) instead of dying halfway through W&B's finish.
     tracker.finish(exit_code=int(exit_code))
@@ -438,8 +436,8 @@ def _finish(
         print(f"trainjob: warning: {exc}", file=sys.stderr)
     saver.uninstall()
     stop.uninstall()
-    # A resumed offline run is split over one folder per process: upload them together.
-    command = sync_command(tracker) or tracker.sync_command()
+    # `trainjob sync RUN_DIR`: a resumed offline run's folders (one per process) go together.
+    command = tracker.sync_command()
     if command:
         print(f"trainjob: run saved locally; upload it with: {command}")
 

@@ -16,7 +16,14 @@ from ..wandb_env import resolve_mode
 from . import parallel
 from .server import check_server
 from .spec import TRIAL_COMMAND
-from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
+from .trials import (
+    FORWARDED_SIGNALS,
+    FailureCounter,
+    Interrupted,
+    SignalForwarder,
+    TrialRunner,
+    trial_env,
+)
 
 
 def check_agent(settings: Settings) -> str:
@@ -177,16 +184,13 @@ def fan_out(settings: Settings, sweep_id: str, par: parallel.Parallel, argv: Seq
             if proc.poll() is None:
                 proc.send_signal(signum)
 
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED}
+    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
     try:
         codes = [proc.wait() for proc in procs]
     finally:
         for sig, handler in previous.items():
             signal.signal(sig, handler)
     return _overall(codes, bool(got))
-
-
-FORWARDED = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 
 
 def _without(argv: Sequence[str], names: tuple[str, ...]) -> list[str]:

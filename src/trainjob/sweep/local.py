@@ -350,7 +350,6 @@ class LocalSweep:
         ``parallel.trials`` of them at once; then the points other live drivers held are waited
         for (``wait_for``). See docs/sweeps.md, "Several drivers on one sweep"."""
         skipped: list[Point] = []
-        self.started = time.perf_counter()
         try:
             with Slots(self.parallel.trials, signals.check) as slots:
                 for point in self.points():
