@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 import traceback
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
@@ -39,10 +39,10 @@ from cpu import RAW, TUTORIAL, stage, tutorial  # noqa: E402  (the baseline, sha
 from trainjob import data, runtime  # noqa: E402
 from trainjob.model import ConvNet  # noqa: E402
 from trainjob.train import (  # noqa: E402
-    Hooks,
+    Hook,
     LoopConfig,
     LoopStats,
-    Progress,
+    Report,
     evaluate,
     make_optimizer,
     train,
@@ -122,7 +122,7 @@ class Trainer:
         cfg: LoopConfig,
         lr: float,
         tracker=None,
-        hooks: Hooks | None = None,
+        hooks: Sequence[Hook] = (),
         watcher=None,
     ) -> tuple[float, LoopStats]:
         torch.manual_seed(seed)  # the same initial weights as `trainjob --seed SEED`
@@ -139,12 +139,7 @@ class Trainer:
             criterion,
             self.split,
             cfg,
-            tracker or NullTracker(),
-            Progress(),
-            hooks,
-            None,
-            stats,
-            watcher,
+            Report(tracker or NullTracker(), hooks=hooks, stats=stats, watcher=watcher),
         )
         sync(self.device)
         return time.perf_counter() - start, stats

@@ -102,7 +102,7 @@ def main() -> None:
     from trainjob import data, tracking
     from trainjob.model import ConvNet
     from trainjob.settings import load_settings
-    from trainjob.train import LoopConfig, Progress, train
+    from trainjob.train import LoopConfig, Progress, Report, train
 
     torch.set_num_threads(2)
     settings = load_settings([])
@@ -128,7 +128,7 @@ def main() -> None:
 
     def one_epoch(epoch: int) -> None:
         cfg = LoopConfig(epochs=epoch, batch_size=64, log_every=1, seed=0, progress_bar=False)
-        train(model, optimizer, criterion, loaded.train, cfg, tracker, progress)
+        train(model, optimizer, criterion, loaded.train, cfg, Report(tracker, progress))
 
     measure("epoch", ns.epochs, ns.epochs // 10, one_epoch)
     tracker.finish()

@@ -140,7 +140,7 @@ def eval_cost(data: Path, repeats: int) -> tuple[list[float], list[float]]:
 
     from trainjob import data as datasets
     from trainjob.model import ConvNet
-    from trainjob.train import LoopConfig, Progress, evaluate, make_optimizer, train
+    from trainjob.train import LoopConfig, Progress, Report, evaluate, make_optimizer, train
 
     torch.set_num_threads(os.cpu_count() or 1)
     loaded = datasets.load("MNIST", data, 5, torch.device("cpu"))
@@ -156,7 +156,7 @@ def eval_cost(data: Path, repeats: int) -> tuple[list[float], list[float]]:
     for i in range(repeats + 1):  # the first round warms up
         cfg = LoopConfig(epochs=i + 1, batch_size=128, log_every=25, seed=0, progress_bar=False)
         start = time.perf_counter()
-        train(model, optimizer, criterion, loaded.train, cfg, Quiet(), Progress(epoch=i))
+        train(model, optimizer, criterion, loaded.train, cfg, Report(Quiet(), Progress(epoch=i)))
         mid = time.perf_counter()
         evaluate(model, loaded.test)
         end = time.perf_counter()

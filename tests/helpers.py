@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from trainjob.train import Hooks, Progress
+from trainjob.train import Hook, Progress
 
 ROOT = Path(__file__).resolve().parents[1]
 SRC = ROOT / "src"
@@ -183,7 +183,7 @@ class Interrupt(Exception):
     """Where ``SaveAndStop`` stops the loop, as a preemption would."""
 
 
-class SaveAndStop(Hooks):
+class SaveAndStop(Hook):
     """An in-process preemption after step ``at``: model, optimizer and progress written with
     ``torch.save`` as checkpoint.py writes them, then the loop stopped."""
 

@@ -11,9 +11,10 @@ pod whose grace period ran out.
 
 Why a driver and not a knob in the product: a test cannot time an external ``kill`` to land in a
 given step of a loop that runs a step per millisecond. This script wraps ``Checkpointer``'s
-hooks *in this process only* and then calls ``trainjob.__main__.main``; the signal still goes
-through the kernel to trainjob's real handler. It prints ``driver: sent SIG<X> at <time>`` to
-stderr (wall clock) so that the test can measure the time from the signal to the exit.
+hooks (and ``Interrupt.finishing``) *in this process only* and then calls
+``trainjob.__main__.main``; the signal still goes through the kernel to trainjob's real handler.
+It prints ``driver: sent SIG<X> at <time>`` to stderr (wall clock) so that the test can measure
+the time from the signal to the exit.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ import sys
 import time
 from pathlib import Path
 
-from trainjob import checkpoint
+from trainjob import checkpoint, interrupt
 from trainjob.__main__ import main
 
 
@@ -54,10 +55,11 @@ def _arm(name: str, where: str) -> None:
         "eval": "during_eval",
         "done": "finishing",
     }[kind]
-    original = getattr(checkpoint.Checkpointer, hook)
+    owner = interrupt.Interrupt if kind == "done" else checkpoint.Checkpointer
+    original = getattr(owner, hook)
     fired = False
 
-    def wrapped(self: checkpoint.Checkpointer, *progress) -> None:  # type: ignore[no-untyped-def]
+    def wrapped(self: object, *progress) -> None:  # type: ignore[no-untyped-def]
         nonlocal fired
         if kind == "done":  # right after the evaluation: training and its result are complete
             original(self)
@@ -70,7 +72,7 @@ def _arm(name: str, where: str) -> None:
         if kind != "done":
             original(self, *progress)
 
-    setattr(checkpoint.Checkpointer, hook, wrapped)
+    setattr(owner, hook, wrapped)
 
 
 if __name__ == "__main__":

@@ -11,7 +11,8 @@ import pytest
 import torch
 
 from trainjob import checkpoint, history, identity
-from trainjob.errors import Preempted, StorageError
+from trainjob.errors import Preempted, StorageError, TrialStopped
+from trainjob.interrupt import STOP_SIGNAL, Interrupt
 from trainjob.model import ConvNet
 from trainjob.settings import Settings
 from trainjob.train import Progress
@@ -23,7 +24,7 @@ def make(tmp: Path, every_steps: int = 0) -> checkpoint.Checkpointer:
     optimizer = torch.optim.Adam(model.parameters(), lr=0.01)
     model(torch.rand(2, 1, 28, 28)).sum().backward()
     optimizer.step()  # the optimizer has state (exp_avg, step) worth saving
-    return checkpoint.Checkpointer(tmp / "ckpt", model, optimizer, every_steps=every_steps)
+    return checkpoint.Checkpointer(tmp / "ckpt", model, optimizer, Interrupt(), every_steps)
 
 
 def test_encode_decode_detects_any_damage() -> None:
@@ -64,7 +65,7 @@ def test_save_restore_round_trip(tmp_path: Path) -> None:
     state = checkpoint.load_latest(tmp_path / "ckpt")
     assert state is not None and state["run_id"] == "abc"
     assert state["history"] == [(64, {"loss": 0.5})]
-    assert other.restore(state) == progress
+    assert checkpoint.restore(state, other.model, other.optimizer) == progress
     assert checkpoint.weights_sha256(other.model) == checkpoint.weights_sha256(saver.model)
     assert str(other.optimizer.state_dict()) == str(saver.optimizer.state_dict())
     torch.manual_seed(999)
@@ -122,12 +123,12 @@ def test_an_unreadable_volume_is_a_storage_error_not_damage(tmp_path: Path) -> N
 def test_signal_sets_a_flag_and_the_next_step_saves_and_stops(tmp_path: Path, signum) -> None:
     saver = make(tmp_path, every_steps=100)
     previous = signal.getsignal(signum)
-    saver.install()
+    saver.interrupt.arm()
     try:
         saver.after_step(Progress(step=1))  # not due: nothing saved
         assert not checkpoint.checkpoints(tmp_path / "ckpt")
         os.kill(os.getpid(), signum)  # the handler runs at once, in this (main) thread
-        assert saver.signal == signum
+        assert saver.interrupt.signal == signum
         with pytest.raises(Preempted, match=f"{signal.Signals(signum).name}: stopped at step 2"):
             saver.after_step(Progress(step=2))
         assert [p.name for p in checkpoint.checkpoints(tmp_path / "ckpt")] == [
@@ -136,11 +137,47 @@ def test_signal_sets_a_flag_and_the_next_step_saves_and_stops(tmp_path: Path, si
         with pytest.raises(Preempted):
             saver.during_eval(Progress(step=2))
         with pytest.raises(Preempted, match="stopped at step 0"):
-            saver.stop_if_signalled(Progress())  # a signal during setup: save, then stop
+            saver.before_loop(Progress())  # a signal during setup: save, then stop
         assert "ckpt-000000000000.pt" in {p.name for p in (tmp_path / "ckpt").iterdir()}
     finally:
-        saver.uninstall()
+        saver.interrupt.disarm()
     assert signal.getsignal(signum) == previous
+
+
+def test_a_sweep_stop_heard_during_start_up_ends_the_trial_at_its_first_hook() -> None:
+    """SIGUSR2 before the job is armed is kept (not the default action, which kills), and the
+    interrupt, first of the loop's hooks, ends the trial (exit 6) before a checkpoint hook runs;
+    a later stop and a later reason change nothing; every handler goes back on ``disarm``."""
+    before = {sig: signal.getsignal(sig) for sig in (STOP_SIGNAL, signal.SIGTERM)}
+    interrupt = Interrupt()
+    interrupt.listen()
+    try:
+        assert signal.getsignal(signal.SIGTERM) == before[signal.SIGTERM]  # not armed yet
+        os.kill(os.getpid(), STOP_SIGNAL)
+        interrupt.arm()
+        assert interrupt.phase == "training" and interrupt.stop_reason == "stopped by its sweep"
+        interrupt.from_wandb()  # the first request wins
+        with pytest.raises(TrialStopped, match="stopped by its sweep: ended at step 3"):
+            interrupt.after_step(Progress(step=3))
+        with pytest.raises(ValueError, match="unknown phase"):
+            interrupt.enter("cooling down")
+    finally:
+        interrupt.disarm()
+    assert {sig: signal.getsignal(sig) for sig in before} == before
+
+
+def test_a_signal_while_finishing_lets_the_job_complete(capfd: pytest.CaptureFixture) -> None:
+    """In the finishing phase a SIGTERM is only noted: the job says it completes."""
+    interrupt = Interrupt()
+    interrupt.arm()
+    try:
+        interrupt.evaluating()
+        interrupt.finishing()
+        os.kill(os.getpid(), signal.SIGTERM)
+    finally:
+        interrupt.disarm()
+    assert interrupt.signal == signal.SIGTERM
+    assert "got SIGTERM; finishing: training is done" in capfd.readouterr().err
 
 
 def test_weights_digest_ignores_layout_but_not_values() -> None:

@@ -18,7 +18,7 @@ from helpers import Interrupt, SaveAndStop, clean_env, run_cli
 from trainjob import data, runtime
 from trainjob.errors import DivergedError
 from trainjob.model import ConvNet
-from trainjob.train import Hooks, LoopConfig, Progress, evaluate, make_optimizer, train
+from trainjob.train import Hook, LoopConfig, Progress, Report, evaluate, make_optimizer, train
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 # Seen on an H200 before the fix in GraphedStep: eager steps after a capture synchronizing
@@ -48,7 +48,7 @@ def _train(split: data.Split, device: torch.device, graphs: bool, **loop) -> tup
         **loop,
     )
     tracker = NoTracker()
-    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, cfg, tracker, Progress())
+    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, cfg, Report(tracker))
     return [p.detach().float().cpu() for p in model.parameters()], (model, tracker)
 
 
@@ -125,7 +125,7 @@ class Scaled(ConvNet):
         return super().forward(x) * self.scale
 
 
-class PoisonAt(Hooks):
+class PoisonAt(Hook):
     def __init__(self, model: Scaled, step: int) -> None:
         self.model, self.step = model, step
 
@@ -149,9 +149,7 @@ def test_graphed_divergence_stops_within_one_log_interval(tiny_data: Path) -> No
             torch.nn.CrossEntropyLoss(),
             split,
             cfg,
-            NoTracker(),
-            progress,
-            PoisonAt(model, 7),
+            Report(NoTracker(), progress, hooks=[PoisonAt(model, 7)]),
         )
     assert progress.step == 10  # NaN from step 8 on, read at the log interval
 
@@ -175,7 +173,7 @@ def test_optimizer_state_of_a_graphed_run_trains_eagerly(tiny_data: Path) -> Non
     for group in optimizer.param_groups:
         group["capturable"], group["lr"] = True, torch.tensor(0.005)
     cfg = LoopConfig(1, 64, 5, 0, progress_bar=False, lr_schedule="onecycle")
-    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, cfg, NoTracker(), Progress())
+    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, cfg, Report(NoTracker()))
     group = optimizer.param_groups[0]
     assert type(group["lr"]) is float and 0 < group["lr"] < 0.005 and not group["capturable"]
 
@@ -197,16 +195,16 @@ def test_graphed_run_resumed_mid_epoch_matches_an_uninterrupted_one(tiny_data: P
         return model, make_optimizer(model, 0.005)
 
     model, optimizer = fresh()
-    train(model, optimizer, criterion, split, cfg, NoTracker(), Progress())
+    train(model, optimizer, criterion, split, cfg, Report(NoTracker()))
     uninterrupted = [p.detach().cpu() for p in model.parameters()]
 
     model, optimizer = fresh()
     stop = SaveAndStop(model, optimizer, at=11)  # epoch 1, batch 3 of 8
     with pytest.raises(Interrupt):
-        train(model, optimizer, criterion, split, cfg, NoTracker(), Progress(), stop)
+        train(model, optimizer, criterion, split, cfg, Report(NoTracker(), hooks=[stop]))
     model, optimizer = fresh()
     progress = stop.resume(model, optimizer)
-    train(model, optimizer, criterion, split, cfg, NoTracker(), progress)
+    train(model, optimizer, criterion, split, cfg, Report(NoTracker(), progress))
     resumed = [p.detach().cpu() for p in model.parameters()]
     assert progress.step == 16
     assert _worst_relative_difference(uninterrupted, resumed) < 1e-5

@@ -15,7 +15,7 @@ from helpers import clean_env, offline_runs, read_offline_run, run_cli, syntheti
 from trainjob import data
 from trainjob.model import ConvNet
 from trainjob.sync import hint
-from trainjob.train import LoopConfig, Progress, evaluate, train
+from trainjob.train import LoopConfig, Report, evaluate, train
 
 EPOCHS, BATCH, LOG_EVERY = 2, 32, 5
 
@@ -108,7 +108,7 @@ def _train_once(tiny_data_dir: Path, seed: int) -> dict[str, torch.Tensor]:
             pass
 
     cfg = LoopConfig(epochs=1, batch_size=64, log_every=3, seed=seed, progress_bar=False)
-    train(model, optimizer, torch.nn.CrossEntropyLoss(), loaded.train, cfg, Null(), Progress())
+    train(model, optimizer, torch.nn.CrossEntropyLoss(), loaded.train, cfg, Report(Null()))
     assert evaluate(model, loaded.test) > 0.5
     return {k: v.clone() for k, v in model.state_dict().items()}
 

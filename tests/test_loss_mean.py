@@ -12,7 +12,7 @@ from helpers import Interrupt, SaveAndStop
 
 from trainjob import data
 from trainjob.model import ConvNet
-from trainjob.train import LoopConfig, Progress, make_optimizer, train
+from trainjob.train import LoopConfig, Report, make_optimizer, train
 
 
 class Rows:
@@ -41,7 +41,7 @@ def split(tiny_data: Path) -> data.Split:
 def test_loss_mean_is_the_mean_of_the_intervals_batch_losses(split: data.Split) -> None:
     every_step = Rows()
     model, optimizer = _fresh()
-    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, _cfg(1), every_step, Progress())
+    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, _cfg(1), Report(every_step))
     losses = [row["loss"] for _, row in sorted(every_step.rows.items())]
     assert len(losses) == 22
     for row in every_step.rows.values():
@@ -49,7 +49,7 @@ def test_loss_mean_is_the_mean_of_the_intervals_batch_losses(split: data.Split) 
 
     every_4 = Rows()
     model, optimizer = _fresh()
-    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, _cfg(4), every_4, Progress())
+    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, _cfg(4), Report(every_4))
     means = [row["train/loss_mean"] for _, row in sorted(every_4.rows.items())]
     # the same training (logging never changes it), so the same losses, in windows of 4 that
     # run across the epoch boundary (step 11 -> 12)
@@ -61,19 +61,24 @@ def test_loss_mean_is_the_mean_of_the_intervals_batch_losses(split: data.Split) 
 def test_loss_mean_of_a_resumed_interval_equals_the_uninterrupted_one(split: data.Split) -> None:
     uninterrupted = Rows()
     model, optimizer = _fresh()
-    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, _cfg(4), uninterrupted, Progress())
+    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, _cfg(4), Report(uninterrupted))
 
     before, after = Rows(), Rows()
     model, optimizer = _fresh()
     stop = SaveAndStop(model, optimizer, at=14)  # epoch 1, mid-interval (rows at 12 and 16)
     with pytest.raises(Interrupt):
         train(
-            model, optimizer, torch.nn.CrossEntropyLoss(), split, _cfg(4), before, Progress(), stop
+            model,
+            optimizer,
+            torch.nn.CrossEntropyLoss(),
+            split,
+            _cfg(4),
+            Report(before, hooks=[stop]),
         )
     assert stop.state()["progress"]["loss_sum"] > 0  # two batch losses of the interval
     model, optimizer = _fresh()
     progress = stop.resume(model, optimizer)
-    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, _cfg(4), after, progress)
+    train(model, optimizer, torch.nn.CrossEntropyLoss(), split, _cfg(4), Report(after, progress))
     assert _values({**before.rows, **after.rows}) == _values(uninterrupted.rows)  # bit-exact
 
 

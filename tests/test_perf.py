@@ -22,7 +22,7 @@ from trainjob.model import ConvNet
 from trainjob.train import (
     LoopConfig,
     LoopStats,
-    Progress,
+    Report,
     evaluate,
     learning_rate_at,
     make_optimizer,
@@ -83,11 +83,7 @@ def _train(split: data.Split, seed: int, schedule: str = "none", stats: LoopStat
         torch.nn.CrossEntropyLoss(),
         split,
         cfg,
-        tracker,
-        Progress(),
-        None,
-        None,
-        stats,
+        Report(tracker, stats=stats if stats is not None else LoopStats()),
     )
     return model, optimizer, tracker
 

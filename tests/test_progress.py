@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 from trainjob import data
 from trainjob.model import ConvNet
 from trainjob.progress import LineProgress, display
-from trainjob.train import LoopConfig, Progress, make_optimizer, train
+from trainjob.train import LoopConfig, Progress, Report, make_optimizer, train
 
 LINE = re.compile(
     r"^trainjob: progress epoch (\d+)/(\d+) step (\d+)/(\d+) \((\d+)%\) loss (\S+) "
@@ -56,8 +56,9 @@ def _loop(every_s: float, epochs: int = 3) -> list[str]:
     progress = Progress()
     stream = io.StringIO()
     bar = LineProgress(progress, epochs, every_s, stream)
-    train(model, make_optimizer(model, 0.005), torch.nn.CrossEntropyLoss(), split, cfg,
-          _NullTracker(), progress, None, bar)  # fmt: skip
+    criterion = torch.nn.CrossEntropyLoss()
+    report = Report(_NullTracker(), progress, bar=bar)
+    train(model, make_optimizer(model, 0.005), criterion, split, cfg, report)
     return stream.getvalue().splitlines()
 
 

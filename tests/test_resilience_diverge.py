@@ -19,7 +19,7 @@ from trainjob import data
 from trainjob.errors import DivergedError
 from trainjob.model import ConvNet
 from trainjob.sync import hint
-from trainjob.train import Hooks, LoopConfig, Progress, train
+from trainjob.train import Hook, LoopConfig, Progress, Report, train
 
 
 class PoisonedNet(ConvNet):
@@ -38,7 +38,7 @@ class PoisonedNet(ConvNet):
         return out
 
 
-class Recorder(Hooks):
+class Recorder(Hook):
     def __init__(self) -> None:
         self.steps: list[int] = []
 
@@ -68,9 +68,7 @@ def test_cpu_stops_at_the_first_bad_step(value: float, tiny_data: Path, tmp_path
             torch.nn.CrossEntropyLoss(),
             loaded.train,
             cfg,
-            tracker,
-            progress,
-            hooks,
+            Report(tracker, progress, hooks=[hooks]),
         )
     assert progress.step == 7  # at once, not at the next log interval (step 10)
     assert hooks.steps == [1, 2, 3, 4, 5, 6]  # no hook (checkpoint) ever saw the bad weights
@@ -90,7 +88,14 @@ def test_cuda_stops_within_one_log_interval(tiny_data: Path) -> None:
     cfg = LoopConfig(epochs=3, batch_size=32, log_every=5, seed=0, progress_bar=False)
     progress = Progress()
     with pytest.raises(DivergedError):
-        train(model, optimizer, torch.nn.CrossEntropyLoss(), loaded.train, cfg, Logged(), progress)
+        train(
+            model,
+            optimizer,
+            torch.nn.CrossEntropyLoss(),
+            loaded.train,
+            cfg,
+            Report(Logged(), progress),
+        )
     assert progress.step == 10  # the first log interval after the bad step 7
 
 

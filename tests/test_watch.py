@@ -19,7 +19,7 @@ from helpers import clean_env, offline_runs, read_offline_run, run_cli
 from trainjob import cuda_graphs, data, train, watch
 from trainjob.model import ConvNet
 from trainjob.step import accumulate, train_step
-from trainjob.train import LoopConfig, Progress, make_optimizer
+from trainjob.train import LoopConfig, make_optimizer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 
@@ -196,9 +196,7 @@ def _train_watched(split: data.Split, device: torch.device, graphs: bool, freq: 
         torch.nn.CrossEntropyLoss(),
         split,
         cfg,
-        recorder,
-        Progress(),
-        watcher=watcher,
+        train.Report(recorder, watcher=watcher),
     )
     recorder.log({}, step=10**9)  # close the last row
     return recorder.rows, watcher

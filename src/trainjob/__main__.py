@@ -20,7 +20,7 @@ from .settings import load_settings
 
 
 def dispatch(command: list[str], rest: list[str]) -> int:
-    """The sweep commands and ``sync``; ``train`` is ``job.main`` (what each sweep trial runs)."""
+    """The sweep commands and ``sync``; ``train`` is ``preflight.main`` (each sweep trial's too)."""
     env_dirs.prepare()
     if command == ["agent"]:
         from .sweep.agent import agent
@@ -51,7 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return int(ExitCode.OK)
     command, rest = split_command(args)
     if command == ["train"]:
-        from .job import main as train
+        from .preflight import main as train
 
         return train(rest)
     return as_exit_code(lambda: dispatch(command, rest))

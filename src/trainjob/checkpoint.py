@@ -1,8 +1,9 @@
-"""Checkpoints and preemption: save / restore / signals.
+"""Checkpoints: save / restore, and the loop's checkpointing hook.
 
 A pod on a spot node gets SIGTERM, a grace period (30 s by default) and then SIGKILL. The
-handler only sets a flag; the loop polls it after each step (signals are handled in the main
-thread, never mid-``optimizer.step``), writes a checkpoint and raises ``Preempted`` (exit 143).
+signal only sets a flag (interrupt.py); this module's hook reads it after each step (signals are
+handled in the main thread, never mid-``optimizer.step``), writes a checkpoint and raises
+``Preempted`` (exit 143).
 Files are written atomically (temp file, fsync, rename, fsync of the folder) and carry a
 SHA-256 of their payload, so a truncated or bit-flipped newest file is detected, renamed to
 ``*.damaged`` and the previous one is used instead of crash-looping; with no usable file left the
@@ -17,8 +18,6 @@ import io
 import pickle
 import random
 import re
-import signal
-import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -26,14 +25,16 @@ from typing import Any
 
 import torch
 
-from .errors import Preempted, StorageError
+from .errors import StorageError
+from .interrupt import Interrupt
+from .log import logger
 from .records import write_atomic
-from .train import Hooks, Progress
+from .train import Hook, Progress
 
 MAGIC = b"TRAINJOB-CKPT-1\n"
 KEEP = 2
 _NAME = re.compile(r"^ckpt-(\d{12})\.pt$")
-HANDLED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
+log = logger()
 
 
 def encode(state: dict[str, Any]) -> bytes:
@@ -66,10 +67,6 @@ def _step_of(path: Path) -> int:
     return int(match.group(1))
 
 
-def _warn(message: str) -> None:
-    print(f"trainjob: warning: {message}", file=sys.stderr, flush=True)
-
-
 def load_latest(directory: Path) -> dict[str, Any] | None:
     """The newest readable checkpoint, or None.
 
@@ -91,14 +88,14 @@ def load_latest(directory: Path) -> dict[str, Any] | None:
         try:
             state = decode(blob)
         except (ValueError, RuntimeError, EOFError, pickle.UnpicklingError) as exc:
-            _warn(f"damaged checkpoint {path} ({exc}); trying the previous one")
+            log.warning(f"damaged checkpoint {path} ({exc}); trying the previous one")
             with contextlib.suppress(OSError):  # if it stays, save() still prunes it by step
                 path.replace(path.with_name(path.name + ".damaged"))
             continue
         state["path"] = str(path)
         return state
     if found:
-        _warn(f"no usable checkpoint in {directory}; starting from scratch")
+        log.warning(f"no usable checkpoint in {directory}; starting from scratch")
     return None
 
 
@@ -136,44 +133,6 @@ def _as_python_state(value: Any) -> Any:
     return tuple(_as_python_state(v) for v in value) if isinstance(value, list) else value
 
 
-# What a signal does in each phase of a job, as the job says it when the signal arrives.
-SIGNAL_ANSWERS = {
-    "training": "checkpointing after this step",
-    # The last epoch's end is already checkpointed: the job stops, a rerun evaluates again.
-    "evaluating": "stopping the evaluation; training is checkpointed",
-    "finishing": "finishing: training is done, the run completes (exit 0)",
-}
-
-
-class Signals:
-    """SIGTERM / SIGINT / SIGUSR1 as a flag: the handler only records the signal; the loop's
-    hooks (``Checkpointer``) read it between steps. Installed on its own, before the W&B run
-    exists, so that a signal during setup is kept too."""
-
-    def __init__(self) -> None:
-        self.signal: int | None = None
-        self.phase = "training"  # then "evaluating", then "finishing" (set by Checkpointer)
-        self._previous_handlers: dict[int, Any] = {}
-
-    def install(self) -> None:
-        for sig in HANDLED_SIGNALS:
-            self._previous_handlers[sig] = signal.signal(sig, self._on_signal)
-
-    def uninstall(self) -> None:
-        for sig, handler in self._previous_handlers.items():
-            signal.signal(sig, handler)
-        self._previous_handlers.clear()
-
-    def _on_signal(self, signum: int, _frame: object) -> None:
-        # Only set a flag: the loop finishes its current step and checkpoints from there.
-        if self.signal is None:
-            self.signal = signum
-            what = SIGNAL_ANSWERS[self.phase]
-            print(
-                f"trainjob: got {signal.Signals(signum).name}; {what}", file=sys.stderr, flush=True
-            )
-
-
 def restore(
     state: dict[str, Any], model: torch.nn.Module, optimizer: torch.optim.Optimizer
 ) -> Progress:
@@ -185,53 +144,41 @@ def restore(
     return Progress(**state["progress"])
 
 
-class Checkpointer(Hooks):
-    """The loop's hooks: periodic, epoch-end and on-signal checkpoints.
+class Checkpointer(Hook):
+    """The loop's checkpointing hook: periodic, epoch-end and on a preemption signal (read from
+    ``interrupt``: save, then raise ``Preempted``).
 
     ``meta`` holds fixed entries of every checkpoint (the W&B run id, the config); ``extra``
-    is called at each save for entries that change (the last history rows). ``signals`` is the
-    flag the hooks read; a job installs it before building this (``Signals``)."""
+    is called at each save for entries that change (the last history rows)."""
 
     def __init__(
         self,
         directory: Path,
         model: torch.nn.Module,
         optimizer: torch.optim.Optimizer,
+        interrupt: Interrupt,
         every_steps: int = 0,
         every_s: float = 0.0,
         meta: dict[str, Any] | None = None,
         extra: Callable[[], dict[str, Any]] | None = None,
-        signals: Signals | None = None,
     ) -> None:
         self.directory = directory
         self.model = model
         self.optimizer = optimizer
+        self.interrupt = interrupt
         self.every_steps = every_steps
         self.every_s = every_s
         self.meta = dict(meta or {})
         self.extra = extra
-        self.signals = signals if signals is not None else Signals()
         self._last_save = time.monotonic()
 
-    # --- signals -----------------------------------------------------------------------------
-    @property
-    def signal(self) -> int | None:
-        return self.signals.signal
-
-    def install(self) -> None:
-        self.signals.install()
-
-    def uninstall(self) -> None:
-        self.signals.uninstall()
-
-    # --- hooks ---------------------------------------------------------------------------------
-    def stop_if_signalled(self, progress: Progress) -> None:
-        """Before training starts: a signal that came during setup stops the job here."""
-        if self.signal is not None:
+    def before_loop(self, progress: Progress) -> None:
+        """A signal that came during setup (after ``Interrupt.arm``) stops the job here."""
+        if self.interrupt.signal is not None:
             self._stop(progress, save=True)
 
     def after_step(self, progress: Progress) -> None:
-        if self.signal is not None:
+        if self.interrupt.signal is not None:
             self._stop(progress, save=True)
         due_steps = self.every_steps and progress.step % self.every_steps == 0
         due_time = self.every_s and time.monotonic() - self._last_save >= self.every_s
@@ -240,40 +187,21 @@ class Checkpointer(Hooks):
 
     def after_epoch(self, progress: Progress) -> None:
         self.save(progress)
-        if self.signal is not None:
+        if self.interrupt.signal is not None:
             self._stop(progress, save=False)
-
-    def evaluating(self) -> None:
-        """Training is over and its end checkpointed (the last ``after_epoch``): a signal from
-        here stops the evaluation without another checkpoint (``during_eval``)."""
-        self.signals.phase = "evaluating"
-
-    def finishing(self) -> None:
-        """Training and evaluation are over. The handlers stay installed (a signal must not
-        kill W&B's finish halfway), but from here a signal only lets the job complete:
-        stopping now would throw away a finished training for a rerun of the evaluation."""
-        self.signals.phase = "finishing"
 
     def during_eval(self, progress: Progress) -> None:
         # Training is over and its final state is already saved (after_epoch, or the checkpoint
         # this process resumed from): just stop; a resumed job re-runs the evaluation.
-        if self.signal is not None:
+        if self.interrupt.signal is not None:
             self._stop(progress, save=False)
 
     def _stop(self, progress: Progress, save: bool) -> None:
         if save:
             path = self.save(progress)
-            print(f"trainjob: checkpoint saved: {path}", file=sys.stderr, flush=True)
-        raise Preempted(self._preempted_message(progress))
+            log.info(f"checkpoint saved: {path}")
+        raise self.interrupt.preempted(progress, self.directory)
 
-    def _preempted_message(self, progress: Progress) -> str:
-        name = signal.Signals(self.signal).name if self.signal else "signal"
-        return (
-            f"{name}: stopped at step {progress.step} (epoch {progress.epoch}); checkpoint in "
-            f"{self.directory}; rerun the same command to resume"
-        )
-
-    # --- save / restore ------------------------------------------------------------------------
     def save(self, progress: Progress) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
         model = getattr(self.model, "_orig_mod", self.model)
@@ -297,6 +225,8 @@ class Checkpointer(Hooks):
         self._last_save = time.monotonic()
         return path
 
-    def restore(self, state: dict[str, Any]) -> Progress:
-        """Model and optimizer from ``state`` (``restore``)."""
-        return restore(state, self.model, self.optimizer)
+
+def remove(directory: Path) -> None:
+    """Every checkpoint in ``directory``: a run that ended for good leaves none behind."""
+    for path in checkpoints(directory):
+        path.unlink(missing_ok=True)

@@ -148,6 +148,6 @@ def cpu_has_native_bf16(cpuinfo: Path = Path("/proc/cpuinfo")) -> bool:
 
 
 BF16_SLOW_CPU = (
-    "trainjob: warning: TRAINJOB_AMP=bf16 on a CPU without native bf16 (no AMX / AVX-512 BF16 in "
+    "TRAINJOB_AMP=bf16 on a CPU without native bf16 (no AMX / AVX-512 BF16 in "
     "its flags): autocast is emulated and slower than float32; keep TRAINJOB_AMP=none here"
 )

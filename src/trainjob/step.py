@@ -8,11 +8,15 @@ from __future__ import annotations
 
 import contextlib
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
 
 from .data import Split, to_float
+
+if TYPE_CHECKING:
+    from .settings import Settings
 
 
 @dataclass(frozen=True)
@@ -26,6 +30,21 @@ class LoopConfig:
     progress_bar: bool = True
     lr_schedule: str = "none"  # none (the tutorial: constant) | onecycle
     cuda_graphs: bool = False  # CUDA only: full-batch steps replayed as one CUDA graph
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> LoopConfig:
+        """What the loop is told, from the job's settings (the only place they meet)."""
+        return cls(
+            epochs=settings.epochs,
+            batch_size=settings.batch_size,
+            log_every=settings.log_every,
+            seed=settings.seed,
+            channels_last=settings.channels_last,
+            bf16=settings.amp == "bf16",
+            progress_bar=True,  # a bar on a terminal, plain lines elsewhere (progress.display)
+            lr_schedule=settings.lr_schedule,
+            cuda_graphs=settings.cuda_graphs,
+        )
 
 
 def autocast(

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Protocol
 
@@ -31,17 +31,16 @@ EVAL_BATCH = 1000  # evaluation batch: large (no grads), and fixed so accuracy i
 
 
 class HistoryLog(Protocol):
-    """Where the loop's rows go: a job's ``history.History`` (in front of the W&B run), or any
+    """Where the loop's rows go: a job's ``History`` (tracking/, in front of the W&B run), or any
     object with this method."""
 
     def log(self, metrics: Mapping[str, float | int], step: int) -> None: ...
 
 
-class Hooks:
-    """Called by the loop between steps; the checkpointing/preemption logic overrides these.
-
-    ``after_step`` may raise (e.g. ``Preempted``) once it has saved what it needs.
-    """
+class Hook:
+    """Called by the loop between steps, in list order (a job's: the sweep's stop, the
+    per-epoch metric, checkpoints). A hook may raise (``Preempted``, ``TrialStopped``) once it
+    has done what it must; the hooks after it are then not called."""
 
     def after_step(self, progress: Progress) -> None:
         return None
@@ -93,6 +92,21 @@ class LoopStats:
         timed = self.epochs[1:] or self.epochs
         seconds = sum(s for _, s in timed)
         return sum(n for n, _ in timed) / seconds if seconds > 0 else 0.0
+
+
+@dataclass
+class Report:
+    """What the loop reports to: the progress it advances (where training stands, what a
+    checkpoint saves), the history rows, the hooks between steps, a progress display, its
+    timing and the watcher (watch.py: told how far the next row is, driven around CUDA graph
+    replays, where its module hooks cannot run)."""
+
+    history: HistoryLog
+    progress: Progress = field(default_factory=Progress)
+    hooks: Sequence[Hook] = ()
+    bar: Callable[..., object] | None = None
+    stats: LoopStats = field(default_factory=LoopStats)
+    watcher: Watcher | None = None
 
 
 def make_optimizer(model: nn.Module, learning_rate: float) -> torch.optim.Optimizer:
@@ -148,101 +162,145 @@ def train(
     criterion: nn.Module,
     data: Split,
     cfg: LoopConfig,
-    history: HistoryLog,
-    progress: Progress,
-    hooks: Hooks | None = None,
-    bar: Callable[..., object] | None = None,
-    stats: LoopStats | None = None,
-    watcher: Watcher | None = None,
+    report: Report,
 ) -> Progress:
-    """Train from ``progress`` to the end of ``cfg.epochs``; returns the final progress.
+    """Train from ``report.progress`` to the end of ``cfg.epochs``; returns the final progress."""
+    loop = _Loop(model, optimizer, criterion, data, cfg, report)
+    while report.progress.epoch < cfg.epochs:
+        loop.epoch()
+    return report.progress
 
-    ``watcher`` (watch.py) computes the watch histograms; the loop tells it how far the next
-    log row is, and drives it around CUDA graph replays, where its hooks cannot run."""
-    hooks = hooks or Hooks()
-    stats = stats if stats is not None else LoopStats()
-    device = data.images.device
-    n = len(data)
-    batches = math.ceil(n / cfg.batch_size)
-    peak_lr = float(optimizer.defaults["lr"])
-    total_steps = cfg.epochs * batches
-    graphs = cfg.cuda_graphs and cuda_graphs.graphs_available(device)
-    cuda_graphs.set_optimizer_form(optimizer, graphs, device)
-    clock = _WarmupClock(device, stats)
-    throughput = _Throughput(progress.examples_seen)
-    model.train()
-    # Divergence: on CPU every step's loss is checked (reading a CPU scalar costs nothing); on
-    # CUDA that read would sync every step, so a device-side flag collects non-finite losses
-    # and is read at each log interval and epoch end: a NaN stops the run within log_every steps.
-    per_step = device.type != "cuda"
-    nonfinite = torch.zeros((), dtype=torch.bool, device=device)
-    # train/loss_mean: the batch losses summed on the device between log rows (no sync); kept in
-    # ``progress`` so that a checkpoint carries it and a resumed interval has the same mean.
-    loss_sum = torch.tensor(float(progress.loss_sum), dtype=torch.float32, device=device)
-    progress.loss_sum = loss_sum
-    replay = (
-        cuda_graphs.GraphReplay(
-            model, optimizer, criterion, data, cfg, nonfinite, loss_sum, watcher
+
+class _Loop:
+    """One ``train`` call's state: the epoch loop below reads it, a step at a time."""
+
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        criterion: nn.Module,
+        data: Split,
+        cfg: LoopConfig,
+        report: Report,
+    ) -> None:
+        self.model, self.optimizer, self.criterion, self.data = model, optimizer, criterion, data
+        self.cfg, self.report, self.progress = cfg, report, report.progress
+        self.device = data.images.device
+        self.n = len(data)
+        self.batches = math.ceil(self.n / cfg.batch_size)
+        self.peak_lr = float(optimizer.defaults["lr"])
+        self.total_steps = cfg.epochs * self.batches
+        graphs = cfg.cuda_graphs and cuda_graphs.graphs_available(self.device)
+        cuda_graphs.set_optimizer_form(optimizer, graphs, self.device)
+        self.clock = _WarmupClock(self.device, report.stats)
+        self.throughput = _Throughput(self.progress.examples_seen)
+        model.train()
+        # Divergence: on CPU every step's loss is checked (reading a CPU scalar costs nothing);
+        # on CUDA that read would sync every step, so a device-side flag collects non-finite
+        # losses and is read at each log interval and epoch end: a NaN stops the run within
+        # log_every steps.
+        self.per_step = self.device.type != "cuda"
+        self.nonfinite = torch.zeros((), dtype=torch.bool, device=self.device)
+        # train/loss_mean: the batch losses summed on the device between log rows (no sync); kept
+        # in ``progress`` so that a checkpoint carries it and a resumed interval has the same mean.
+        self.loss_sum = torch.tensor(
+            float(self.progress.loss_sum), dtype=torch.float32, device=self.device
         )
-        if graphs
-        else None
-    )
-    began, before = time.perf_counter(), progress.train_s
-    while progress.epoch < cfg.epochs:
+        self.progress.loss_sum = self.loss_sum
+        self.replay = None
+        if graphs:
+            self.replay = cuda_graphs.GraphReplay(
+                model,
+                optimizer,
+                criterion,
+                data,
+                cfg,
+                self.nonfinite,
+                self.loss_sum,
+                report.watcher,
+            )
+        self.began, self.before = time.perf_counter(), self.progress.train_s
+
+    def epoch(self) -> None:
+        """The rest of the epoch in progress, then its end: timing, divergence, hooks."""
+        cfg, progress, report = self.cfg, self.progress, self.report
         epoch = progress.epoch
-        epoch_start, epoch_examples, epoch_warmup = time.perf_counter(), 0, 0.0
-        order = epoch_order(n, cfg.seed, epoch, device)
-        pbar = _bar(bar, cfg, epoch, batches, progress.batch)
-        for b in range(progress.batch, batches):
-            idx = order[b * cfg.batch_size : (b + 1) * cfg.batch_size]
-            size = int(idx.shape[0])  # host-side metadata: no sync
-            clock.start(size)
-            if cfg.lr_schedule != "none":
-                lr = learning_rate_at(progress.step, total_steps, peak_lr, cfg.lr_schedule)
-                set_learning_rate(optimizer, lr)
-            if watcher is not None:
-                watcher.plan(_steps_to_row(progress.step + 1, cfg.log_every, batches - b - 1))
-
-            # forward -> loss -> backward -> Adam step: eager, or one CUDA graph replay
-            if replay is not None and size == cfg.batch_size:
-                loss = replay(idx)  # the divergence flag and loss_sum are updated in the graph
-            else:
-                loss = train_step(model, optimizer, criterion, data, idx, cfg)
-                accumulate(loss, nonfinite, loss_sum)  # no sync: read at log intervals
-            # Also after a replay: the graph writes its own gradient buffers whatever .grad
-            # holds, and an eager (partial) batch must not accumulate into them.
-            optimizer.zero_grad(set_to_none=True)
-
-            spent = clock.stop()
-            if spent is None:
-                epoch_examples += size
-            else:
-                epoch_warmup += spent
-            progress.batch, progress.step = b + 1, progress.step + 1
-            progress.examples_seen += size
-            progress.train_s = before + time.perf_counter() - began  # a clock read, no sync
-            if per_step:
-                _check_finite(loss.item(), progress)  # CPU: not a sync
+        epoch_start, self.epoch_examples, self.epoch_warmup = time.perf_counter(), 0, 0.0
+        order = epoch_order(self.n, cfg.seed, epoch, self.device)
+        pbar = _bar(report.bar, cfg, epoch, self.batches, progress.batch)
+        for b in range(progress.batch, self.batches):
+            loss = self.step(order[b * cfg.batch_size : (b + 1) * cfg.batch_size], b)
             if progress.step % cfg.log_every == 0:
-                value, rate = _log_row(
-                    history, epoch, loss, nonfinite, loss_sum, progress, cfg, throughput
-                )
+                value, rate = self.log_row(epoch, loss)
                 if pbar is not None:
                     pbar.set_postfix(loss=f"{value:.4f}", samples_s=f"{rate:,.0f}", refresh=False)
             if pbar is not None:
                 pbar.update(1)
-            if watcher is not None:
-                watcher.plan(None)  # forwards outside the loop (evaluation, export): unknown
-            hooks.after_step(progress)
-        _sync(device)  # SYNC POINT: once per epoch, so the epoch's time is the GPU's time
-        stats.epochs.append((epoch_examples, time.perf_counter() - epoch_start - epoch_warmup))
+            if report.watcher is not None:
+                report.watcher.plan(None)  # forwards outside the loop (evaluation, export): unknown
+            for hook in report.hooks:
+                hook.after_step(progress)
+        _sync(self.device)  # SYNC POINT: once per epoch, so the epoch's time is the GPU's time
+        seconds = time.perf_counter() - epoch_start - self.epoch_warmup
+        report.stats.epochs.append((self.epoch_examples, seconds))
         if pbar is not None:
             pbar.close()
-        _check_finite(math.nan if nonfinite.item() else 0.0, progress)  # SYNC: once per epoch
+        _check_finite(math.nan if self.nonfinite.item() else 0.0, progress)  # SYNC: per epoch
         progress.epoch, progress.batch = epoch + 1, 0
-        progress.train_s = before + time.perf_counter() - began
-        hooks.after_epoch(progress)
-    return progress
+        progress.train_s = self.before + time.perf_counter() - self.began
+        for hook in report.hooks:
+            hook.after_epoch(progress)
+
+    def step(self, idx: torch.Tensor, b: int) -> torch.Tensor:
+        """Batch ``b`` (examples ``idx``): forward -> loss -> backward -> Adam step, eager or one
+        CUDA graph replay; then ``zero_grad`` and the progress counters. Returns the loss."""
+        cfg, progress, watcher = self.cfg, self.progress, self.report.watcher
+        size = int(idx.shape[0])  # host-side metadata: no sync
+        self.clock.start(size)
+        if cfg.lr_schedule != "none":
+            lr = learning_rate_at(progress.step, self.total_steps, self.peak_lr, cfg.lr_schedule)
+            set_learning_rate(self.optimizer, lr)
+        if watcher is not None:
+            watcher.plan(_steps_to_row(progress.step + 1, cfg.log_every, self.batches - b - 1))
+        if self.replay is not None and size == cfg.batch_size:
+            loss = self.replay(idx)  # the divergence flag and loss_sum are updated in the graph
+        else:
+            loss = train_step(self.model, self.optimizer, self.criterion, self.data, idx, cfg)
+            accumulate(loss, self.nonfinite, self.loss_sum)  # no sync: read at log intervals
+        # Also after a replay: the graph writes its own gradient buffers whatever .grad holds,
+        # and an eager (partial) batch must not accumulate into them.
+        self.optimizer.zero_grad(set_to_none=True)
+        spent = self.clock.stop()
+        if spent is None:
+            self.epoch_examples += size
+        else:
+            self.epoch_warmup += spent
+        progress.batch, progress.step = b + 1, progress.step + 1
+        progress.examples_seen += size
+        progress.train_s = self.before + time.perf_counter() - self.began  # a clock read, no sync
+        if self.per_step:
+            _check_finite(loss.item(), progress)  # CPU: not a sync
+        return loss
+
+    def log_row(self, epoch: int, loss: torch.Tensor) -> tuple[float, float]:
+        """Log one history row (the divergence check first); returns the loss and the rate."""
+        progress = self.progress
+        # SYNC POINT: the only one in steady state, every log_every steps.
+        both = torch.stack([loss.float(), self.nonfinite.float(), self.loss_sum])
+        value, bad, interval_sum = both.tolist()
+        self.loss_sum.zero_()
+        _check_finite(math.nan if bad else value, progress)
+        rate = self.throughput.rate(progress.examples_seen)
+        self.report.history.log(
+            {
+                metrics.EPOCH: epoch,
+                metrics.LOSS: value,
+                metrics.LOSS_MEAN: interval_sum / self.cfg.log_every,
+                metrics.SAMPLES_PER_S: rate,
+            },
+            step=progress.examples_seen,
+        )
+        return value, rate
 
 
 class _WarmupClock:
@@ -286,34 +344,6 @@ class _Throughput:
         return rate
 
 
-def _log_row(
-    history: HistoryLog,
-    epoch: int,
-    loss: torch.Tensor,
-    nonfinite: torch.Tensor,
-    loss_sum: torch.Tensor,
-    progress: Progress,
-    cfg: LoopConfig,
-    throughput: _Throughput,
-) -> tuple[float, float]:
-    """Log one history row (the divergence check first); returns the loss and the rate."""
-    # SYNC POINT: the only one in steady state, every log_every steps.
-    value, bad, interval_sum = torch.stack([loss.float(), nonfinite.float(), loss_sum]).tolist()
-    loss_sum.zero_()
-    _check_finite(math.nan if bad else value, progress)
-    rate = throughput.rate(progress.examples_seen)
-    history.log(
-        {
-            metrics.EPOCH: epoch,
-            metrics.LOSS: value,
-            metrics.LOSS_MEAN: interval_sum / cfg.log_every,
-            metrics.SAMPLES_PER_S: rate,
-        },
-        step=progress.examples_seen,
-    )
-    return value, rate
-
-
 def _steps_to_row(step: int, log_every: int, to_epoch_end: int) -> int:
     """Training steps after ``step`` until the next history row may be logged: the next
     ``log_every`` step, or the epoch's end, where a job's hooks log the per-epoch metric (and,
@@ -336,7 +366,7 @@ def evaluate(
     data: Split,
     channels_last: bool = True,
     bf16: bool = False,
-    hooks: Hooks | None = None,
+    hooks: Sequence[Hook] = (),
     progress: Progress | None = None,
 ) -> float:
     """Accuracy on ``data``, counted on the device; one host sync at the end."""
@@ -348,8 +378,8 @@ def evaluate(
         with autocast(data.images.device, bf16):
             logits = model(x)
         correct += (logits.argmax(dim=1) == data.labels[start : start + EVAL_BATCH]).sum()
-        if hooks is not None and progress is not None:
-            hooks.during_eval(progress)
+        for hook in hooks if progress is not None else ():
+            hook.during_eval(progress)
     model.train(was_training)
     return correct.item() / len(data)  # SYNC POINT: once per evaluation
 

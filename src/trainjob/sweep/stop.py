@@ -1,8 +1,8 @@
 """How a sweep stops a trial: what the sweep processes and their trials agree on (no torch here).
 
-``STOP_SIGNAL``: sent to a trial by ``trainjob agent`` (W&B's ``stop``) and ``trainjob sweep
-run``; the trial ends between two steps, closes its run, keeps no checkpoint and exits 6
-(stopping.py). SIGTERM stays "preempted: checkpoint".
+``interrupt.STOP_SIGNAL``: sent to a trial by ``trainjob agent`` (W&B's ``stop``) and ``trainjob
+sweep run``; the trial ends between two steps, closes its run, keeps no checkpoint and exits 6
+(interrupt.py). SIGTERM stays "preempted: checkpoint".
 
 Offline early termination, in files the sweep driver and its trials share (records.py):
 ``RULE_FILE``, written by ``trainjob sweep run`` into a trial's output folder before it starts:
@@ -14,14 +14,12 @@ for a sweep) whether it trails the earlier trials, as the server would with thei
 
 from __future__ import annotations
 
-import signal
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 from .. import records
 
-STOP_SIGNAL = signal.SIGUSR2
 THIS_RUN = "this-trial"
 
 

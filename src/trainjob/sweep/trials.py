@@ -7,8 +7,8 @@ torchvision + wandb take 10-25 s on a 2-core CPU (AMD EPYC VM; bench/sweep_overh
 are forked from a *fork server* (``multiprocessing``'s ``forkserver``): a clean, single-threaded
 process that imports torch, torchvision, wandb, onnx and trainjob once, runs no torch op (so no
 OpenMP/CUDA state exists to be broken by ``fork``), and forks one child per trial. The child sets
-its environment, runs the same ``job.main`` as ``trainjob train`` on the command line, and exits
-with the job's exit code. Where ``forkserver`` is missing (not Linux/macOS) trials are plain
+its environment, runs the same ``preflight.main`` as ``trainjob train`` on the command line, and
+exits with the job's exit code. Where ``forkserver`` is missing (not Linux/macOS) trials are plain
 ``subprocess`` children.
 
     python bench/sweep_overhead.py   # trial overhead, fork server vs. a cold process
@@ -29,9 +29,9 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExitCode, TrainjobError
+from ..interrupt import STOP_SIGNAL
 from ..settings import Scope, env_name, fields_in
 from .spec import TRIAL_COMMAND
-from .stop import STOP_SIGNAL
 
 # What a trial imports, found by diffing sys.modules around a whole job: torch, torchvision and
 # wandb are ~95% of the import time; wandb.init imports ``wandb.sdk.launch``, ``requests`` and
@@ -61,6 +61,8 @@ PRELOAD = (
     "trainjob.model",
     "trainjob.runtime",
     "trainjob.stopping",
+    "trainjob.preflight",
+    "trainjob.interrupt",
     "trainjob.sweep.engine",  # offline early termination asks it at every epoch end
 )
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
@@ -89,7 +91,7 @@ def _trial_main(argv: list[str], env: dict[str, str], argv0: str) -> None:
     os.environ.clear()
     os.environ.update(env)
     sys.argv[:] = [argv0, *argv]  # what W&B records as the run's command line
-    from ..job import main
+    from ..preflight import main
 
     command, flags = argv[: len(TRIAL_COMMAND)], argv[len(TRIAL_COMMAND) :]
     if tuple(command) != TRIAL_COMMAND:  # the sweep drivers build every trial's command line
