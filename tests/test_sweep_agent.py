@@ -11,14 +11,17 @@ tests/test_sweep.py.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 from helpers import adopt_env, offline_runs, read_offline_run
 from wandb.sdk.lib.config_util import save_config_file_from_dict
 
+from trainjob.records import EPOCHS_FILE
 from trainjob.settings import load_settings
 from trainjob.sweep.agent import AgentTrial, TooManyFailures
 from trainjob.sweep.trials import FailureCounter, SignalForwarder, TrialRunner
@@ -37,6 +40,18 @@ def agent_env(tmp_path: Path, tiny_data: Path, monkeypatch: pytest.MonkeyPatch) 
         TRAINJOB_SWEEP_ID="me/pytorch-demo/sw33p",
         TRAINJOB_RUN_ID="agent-pod-1",
     )
+
+
+def wait_for(ready: Callable[[], bool], what: str, thread: threading.Thread) -> None:
+    """Poll until ``ready()``; fail, naming ``what``, when the trial's thread ended first or
+    four minutes passed (the trial never got there)."""
+    deadline = time.monotonic() + 240
+    while not ready():
+        if not thread.is_alive():
+            pytest.fail(f"the trial ended before {what}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"no sign of {what} within 240 s")
+        time.sleep(0.1)
 
 
 def give_trial(tmp: Path, monkeypatch: pytest.MonkeyPatch, run_id: str, params: dict) -> None:
@@ -106,10 +121,10 @@ def test_wandb_stop_command_stops_the_trial_process(
 
     thread = threading.Thread(target=run_trial)
     thread.start()
-    deadline = time.monotonic() + 240
-    while not offline_runs(agent_env) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    time.sleep(1.0)
+    # Stop it mid-training: once its first epoch is over (its run folder, inside the trial's
+    # output folder, records each epoch's test accuracy in epochs.json), 399 before its end.
+    run_folder = agent_env / "outputs/sweeps/sw33p/stop0001/stop0001"
+    wait_for(lambda: (run_folder / EPOCHS_FILE).is_file(), "the trial's first epoch", thread)
     _terminate_thread(thread)
     thread.join(timeout=240)
     assert not thread.is_alive() and raised == []
@@ -119,3 +134,5 @@ def test_wandb_stop_command_stops_the_trial_process(
     assert not list((agent_env / "outputs" / "checkpoints").rglob("ckpt-*.pt"))  # none kept
     run = read_offline_run(Path(record["run_dir"]))
     assert run.exit_code == 6 and "stopped by its sweep" in run.summary["stopped"]
+    ended = re.search(r"ended at step (\d+) \(epoch (\d+)\)", run.summary["stopped"])
+    assert ended and int(ended[2]) >= 1, run.summary["stopped"]  # after the awaited epoch

@@ -28,7 +28,6 @@ import hashlib
 import json
 import os
 import struct
-import sys
 import uuid
 import zlib
 from dataclasses import dataclass
@@ -37,6 +36,9 @@ from pathlib import Path
 import torch
 
 from .errors import DataError
+from .log import logger
+
+log = logger()
 
 DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
 RAW_FILES = {
@@ -257,11 +259,7 @@ class Cache:
             and record.get("sha256") == hashlib.sha256(blob).hexdigest()
         ):
             return blob, record["md5"]
-        print(
-            f"trainjob: warning: cached copy {path} does not match its record; unpacking again",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning(f"cached copy {path} does not match its record; unpacking again")
         return None
 
     def put(self, name: str, base: str, gz_md5: str, blob: bytes, md5: str, source: Path) -> None:
@@ -288,12 +286,10 @@ class Cache:
                     tmp.unlink(missing_ok=True)
         except OSError as exc:
             self.writable = False  # say it once per load, keep training from memory
-            print(
-                f"trainjob: warning: cannot cache unpacked data in {self.folder} "
-                f"({exc.strerror or exc}); unpacking in memory for this job only (set "
-                "TRAINJOB_CACHE_DIR to a writable folder to reuse it)",
-                file=sys.stderr,
-                flush=True,
+            log.warning(
+                f"cannot cache unpacked data in {self.folder} ({exc.strerror or exc}); "
+                "unpacking in memory for this job only (set TRAINJOB_CACHE_DIR to a writable "
+                "folder to reuse it)"
             )
 
 

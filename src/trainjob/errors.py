@@ -7,9 +7,12 @@ module by a test (tests/test_docs.py).
 
 from __future__ import annotations
 
-import sys
 from collections.abc import Callable
 from enum import IntEnum
+
+from .log import logger
+
+log = logger()
 
 
 class ExitCode(IntEnum):
@@ -91,9 +94,11 @@ def as_exit_code(body: Callable[[], int]) -> int:
     try:
         return body()
     except TrainjobError as exc:
-        what = "stopped" if exc.exit_code == ExitCode.STOPPED else "error"  # 6: not a failure
-        print(f"trainjob: {what}: {exc}", file=sys.stderr, flush=True)
+        if exc.exit_code == ExitCode.STOPPED:  # 6: not a failure
+            log.info(f"stopped: {exc}")
+        else:
+            log.error(str(exc))
         return int(exc.exit_code)
     except KeyboardInterrupt:  # a second Ctrl-C while checkpointing
-        print("trainjob: interrupted", file=sys.stderr)
+        log.info("interrupted")
         return int(ExitCode.PREEMPTED)

@@ -18,14 +18,16 @@ from __future__ import annotations
 import os
 import secrets
 import string
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from . import records
 from .errors import ConfigError, HistoryWithoutCheckpoint, RunInUse
+from .log import logger
 from .settings import Settings, env_name
+
+log = logger()
 
 _ID_CHARS = string.ascii_lowercase + string.digits
 
@@ -87,10 +89,9 @@ def claim(settings: Settings, mode: str) -> Claim:
             if state is None:
                 _refuse_splice(run_id, ckpt_dir, trace)
         if state is not None and given is None:
-            print(
-                f"trainjob: resuming interrupted run {run_id} (its checkpoint is in {ckpt_dir}); "
-                f"set {env_name('run_id')} to start another run instead",
-                file=sys.stderr,
+            log.info(
+                f"resuming interrupted run {run_id} (its checkpoint is in {ckpt_dir}); "
+                f"set {env_name('run_id')} to start another run instead"
             )
     except BaseException:
         lease.release()

@@ -35,6 +35,8 @@ import onnx
 import torch
 from torch import nn
 
+from .log import logger
+
 # Bump when the template file's layout (metadata below, what a swap replaces) changes.
 FORMAT = 1
 _KEY = "trainjob.template_key"
@@ -44,13 +46,14 @@ _SHA256 = "trainjob.template_sha256"
 _PACKAGES = ("torch", "onnx", "onnxscript")
 
 _warned: set[str] = set()
+log = logger()
 
 
 def warn_once(message: str) -> None:
     """One stderr line per process and message: a trial says it once, not once per export."""
     if message not in _warned:
         _warned.add(message)
-        print(f"trainjob: warning: {message}", file=sys.stderr, flush=True)
+        log.warning(message)
 
 
 # --- the key --------------------------------------------------------------------------------

@@ -25,7 +25,6 @@ import json
 import os
 import shutil
 import socket
-import sys
 import threading
 import time
 import uuid
@@ -35,6 +34,9 @@ from pathlib import Path
 from typing import Any
 
 from .errors import RunInUse, StorageError
+from .log import logger
+
+log = logger()
 
 RUN_RECORD = "run.json"
 EPOCHS_FILE = "epochs.json"
@@ -356,11 +358,9 @@ class Lease:
                 # contender took the lease as expired: say so; the caller decides what to do.
                 self.lost = True
                 self._holder = None
-                print(
-                    f"trainjob: warning: lost the lease {self.path} (no heartbeat for over "
-                    f"{self.ttl:g}s); another process may now hold it",
-                    file=sys.stderr,
-                    flush=True,
+                log.warning(
+                    f"lost the lease {self.path} (no heartbeat for over {self.ttl:g}s); "
+                    "another process may now hold it"
                 )
                 if self.on_lost is not None:
                     self.on_lost()
