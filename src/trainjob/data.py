@@ -37,8 +37,8 @@ from pathlib import Path
 import torch
 
 from .errors import DataError
+from .settings import DATASETS
 
-DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
 RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
