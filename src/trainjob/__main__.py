@@ -40,6 +40,7 @@ def dispatch(command: Command) -> int:
         from .sweep.server import create
 
         return create(command.file, command.flags)
+    assert command.name == "sweep run", command.name  # cli.parse knows no other command
     from .sweep.local import Options, run_local
 
     options = Options(command.worker, command.workers, command.count, command.dry_run)

@@ -161,7 +161,8 @@ def parse(argv: Sequence[str]) -> Command:
     if name == "sweep create":
         return Command(name, flags, file)
     worker, workers, count = _sweep_run_options(getattr(namespace, "given", []))
-    return Command(name, flags, file, [], worker, workers, count, bool(namespace.dry_run))
+    dry_run = bool(namespace.dry_run)
+    return Command(name, flags, file, worker=worker, workers=workers, count=count, dry_run=dry_run)
 
 
 def _option_error(exc: argparse.ArgumentError) -> ConfigError:

@@ -33,6 +33,11 @@ DATASET_CLASSES = 10  # all three torchvision datasets have ten labels
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
+def _one_of(choices: tuple[str, ...]) -> str:
+    """('a', 'b', 'c') -> 'a, b or c', for a description that lists a field's choices."""
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
+
+
 class Scope(Enum):
     """What a setting is about, declared once per field (``Annotated[type, Scope.X]``; no mark:
     ``LEARNED``). Everything that treats fields differently asks this: the W&B config
@@ -77,9 +82,7 @@ class Settings(BaseSettings):
         description="Output channels of the two conv layers, e.g. '[16, 32]' or '16,32'.",
     )
     classes: int = Field(10, ge=DATASET_CLASSES, le=10_000, description="Output logits (>= 10).")
-    dataset: Dataset = Field(
-        "MNIST", description="torchvision dataset: MNIST, FashionMNIST or KMNIST."
-    )
+    dataset: Dataset = Field("MNIST", description=f"torchvision dataset: {_one_of(DATASETS)}.")
     architecture: Literal["CNN"] = Field("CNN", description="Model family (only CNN).")
     data_slice: int = Field(
         5, gt=0, le=10_000, description="Keep every n-th example, the tutorial's [::5]; 1 = all."
@@ -130,9 +133,7 @@ class Settings(BaseSettings):
         description="Who computes the watch histograms: trainjob (on the device, same records) "
         "or wandb (W&B's run.watch hooks, slower).",
     )
-    watch_log: WatchLog = Field(
-        "all", description="run.watch log: gradients, parameters, all or none."
-    )
+    watch_log: WatchLog = Field("all", description=f"run.watch log: {_one_of(WATCH_LOG_CHOICES)}.")
     watch_freq: int = Field(10, gt=0, description="run.watch log_freq, in batches.")
     log_every: int = Field(25, gt=0, description="Log loss/epoch every n batches.")
     wandb_init_timeout: Annotated[float, RUNTIME] = Field(
