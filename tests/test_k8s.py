@@ -889,10 +889,12 @@ def boundary(pod: LocalPod) -> dict[str, Any]:
     stopping where the sweep code takes over."""
     script = (
         "import json, sys\n"
-        "from trainjob.cli import split_command\n"
+        "from trainjob.cli import parse\n"
         "from trainjob.settings import load_settings\n"
-        "command, rest = split_command(sys.argv[1:])\n"
-        "settings = load_settings(rest if command[0] != 'sweep' else [])\n"
+        "parsed = parse(sys.argv[1:])\n"
+        "command = [*parsed.name.split(), *([parsed.file] if 'sweep' in parsed.name else [])]\n"
+        "rest = parsed.flags\n"
+        "settings = load_settings(rest)\n"
         "print(json.dumps({'command': command, 'rest': rest,"
         " 'settings': settings.model_dump(mode='json')}))\n"
     )

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 from helpers import SRC, clean_env, run_cli
 
-from trainjob.cli import split_command
+from trainjob.cli import Command, parse
 from trainjob.errors import ConfigError
 from trainjob.settings import Settings, env_name, load_settings
 
@@ -77,15 +77,25 @@ def test_run_config_has_no_paths_or_runtime_fields() -> None:
     assert config["kernels"] == [16, 32] and config["project"] == "pytorch-demo"
 
 
-def test_split_command(monkeypatch: pytest.MonkeyPatch) -> None:
-    assert split_command(["--epochs", "1"]) == (["train"], ["--epochs", "1"])
-    assert split_command(["sweep", "run", "s.yaml", "--worker", "0/2"]) == (
-        ["sweep", "run", "s.yaml"],
-        ["--worker", "0/2"],
-    )
+def test_parse_command_line(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse(["--epochs", "1"]) == Command("train", ["--epochs", "1"])
+    run = parse(["sweep", "run", "s.yaml", "--worker", "0/2", "--epochs", "1"])
+    assert (run.name, run.file, run.flags) == ("sweep run", "s.yaml", ["--epochs", "1"])
+    assert (run.worker, run.workers) == (0, 2)
+    assert parse(["sweep", "create"]) == Command("sweep create", [], "sweep.yaml")
+    sync = parse(["sync", "a", "b", "--sync_stall_s", "5"])
+    assert (sync.paths, sync.flags) == (["a", "b"], ["--sync_stall_s", "5"])
     monkeypatch.setenv("TRAINJOB_SWEEP_ID", "abc")
-    assert split_command([]) == (["agent"], [])
-    assert split_command(["train"]) == (["train"], [])
+    assert parse([]) == Command("agent", [])
+    assert parse(["train"]) == Command("train", [])
+
+
+def test_parse_keeps_settings_flags_verbatim() -> None:
+    """Whatever is not the command's own goes to load_settings as given, so that its errors
+    name the flag exactly as it was typed."""
+    odd = ["--", "-x", "--epoch=3", "---epochs=1", "--epochs=1=2", "-1", "a b", "--worker", "-"]
+    for command in (["train"], ["agent"], ["sweep", "create", "f.yaml"]):
+        assert parse([*command, *odd]).flags == odd
 
 
 def test_load_settings_raises_config_error() -> None:

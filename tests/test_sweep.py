@@ -14,6 +14,7 @@ import yaml
 from helpers import ROOT, clean_env, run_cli
 
 from trainjob.__main__ import main
+from trainjob.cli import parse
 from trainjob.settings import Settings, load_settings
 from trainjob.sweep.local import (
     Options,
@@ -21,7 +22,6 @@ from trainjob.sweep.local import (
     Result,
     bayes_point,
     grid_points,
-    parse_options,
     planned,
     random_point,
 )
@@ -341,17 +341,21 @@ def test_bayes_uses_earlier_results() -> None:
 # --- small pieces -------------------------------------------------------------------------------
 
 
-def test_parse_options(monkeypatch: pytest.MonkeyPatch) -> None:
-    opts = parse_options(["--worker", "1/4", "--count=3", "--epochs", "1", "--dry-run"])
-    assert (opts.worker, opts.workers, opts.count, opts.dry_run) == (1, 4, 3, True)
-    assert opts.flags == ["--epochs", "1"]
+def test_sweep_run_options(monkeypatch: pytest.MonkeyPatch) -> None:
+    def options(*args: str) -> tuple[int, int, int | None, bool]:
+        command = parse(["sweep", "run", *args])
+        return command.worker, command.workers, command.count, command.dry_run
+
+    argv = ["--worker", "1/4", "--count=3", "--epochs", "1", "--dry-run"]
+    assert options(*argv) == (1, 4, 3, True)
+    assert parse(["sweep", "run", *argv]).flags == ["--epochs", "1"]
     monkeypatch.setenv("JOB_COMPLETION_INDEX", "2")
     monkeypatch.setenv("JOB_COMPLETIONS", "5")
-    assert (parse_options([]).worker, parse_options([]).workers) == (2, 5)
-    assert parse_options(["--worker=0/1"]).workers == 1  # the flag wins
+    assert options()[:2] == (2, 5)
+    assert options("--worker=0/1")[1] == 1  # the flag wins
     monkeypatch.delenv("JOB_COMPLETIONS")
     with pytest.raises(Exception, match="set JOB_COMPLETIONS too"):
-        parse_options([])
+        options()
 
 
 def test_failure_counter_and_exit_status() -> None:

@@ -1,7 +1,8 @@
 """The entrypoint: read settings, dispatch on the command, map errors to exit codes.
 
 python -m trainjob                 # one training job (env: TRAINJOB_*, flags on top)
-python -m trainjob --help
+python -m trainjob --help          # every command and setting
+python -m trainjob sweep run --help
 """
 
 from __future__ import annotations
@@ -14,47 +15,45 @@ import threading
 from collections.abc import Sequence
 
 from . import env_dirs
-from .cli import print_help, split_command, wants_help
-from .errors import ConfigError, ExitCode, as_exit_code
-from .settings import load_settings
+from .cli import Command, parse, print_help, wants_help
+from .errors import ExitCode, as_exit_code
+from .settings import flag_names, load_settings
 
 
-def dispatch(command: list[str], rest: list[str]) -> int:
-    """The sweep commands and ``sync``; ``train`` is ``preflight.main`` (each sweep trial's too)."""
+def dispatch(command: Command) -> int:
+    """Run ``command``: ``train`` is ``preflight.main`` (each sweep trial's too); the sweep
+    commands and ``sync`` import what they need once the command is known."""
+    if command.name == "train":
+        from .preflight import main as train
+
+        return train(command.flags)
     env_dirs.prepare()
-    if command == ["agent"]:
+    if command.name == "agent":
         from .sweep.agent import agent
 
-        return agent(load_settings(rest), rest)
-    if command == ["sync"]:
+        return agent(load_settings(command.flags), command.flags)
+    if command.name == "sync":
         from .sync import main as sync
 
-        return sync(rest)
-    sweep_file = command[2] if len(command) > 2 else "sweep.yaml"
-    if command[:2] == ["sweep", "create"]:
+        return sync([*command.paths, *command.flags])
+    if command.name == "sweep create":
         from .sweep.server import create
 
-        return create(sweep_file, rest)
-    if command[:2] == ["sweep", "run"]:
-        from .sweep.local import run_local
+        return create(command.file, command.flags)
+    assert command.name == "sweep run", command.name  # cli.parse knows no other command
+    from .sweep.local import Options, run_local
 
-        return run_local(sweep_file, rest)
-    raise ConfigError(
-        f"unknown command {' '.join(command)!r}; use train, agent, sync, sweep create or sweep run"
-    )
+    options = Options(command.worker, command.workers, command.count, command.dry_run)
+    settings = load_settings(command.flags)
+    return run_local(command.file, settings, flag_names(command.flags), options)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = list(sys.argv[1:] if argv is None else argv)
     if wants_help(args):
-        print_help()
+        print_help(args)
         return int(ExitCode.OK)
-    command, rest = split_command(args)
-    if command == ["train"]:
-        from .preflight import main as train
-
-        return train(rest)
-    return as_exit_code(lambda: dispatch(command, rest))
+    return as_exit_code(lambda: dispatch(parse(args)))
 
 
 def cli() -> None:

@@ -37,10 +37,10 @@ import torch
 
 from .errors import DataError
 from .log import logger
+from .settings import DATASETS
 
 log = logger()
 
-DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
 RAW_FILES = {
     "train": ("train-images-idx3-ubyte", "train-labels-idx1-ubyte"),
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),

@@ -17,7 +17,7 @@ import re
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
@@ -25,9 +25,17 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, Settin
 from .errors import ConfigError
 
 ENV_PREFIX = "TRAINJOB_"
-DATASETS = ("MNIST", "FashionMNIST", "KMNIST")
+Dataset = Literal["MNIST", "FashionMNIST", "KMNIST"]
+DATASETS: tuple[str, ...] = get_args(Dataset)
+WatchLog = Literal["gradients", "parameters", "all", "none"]  # what run.watch records
+WATCH_LOG_CHOICES: tuple[str, ...] = get_args(WatchLog)
 DATASET_CLASSES = 10  # all three torchvision datasets have ten labels
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
+
+
+def _one_of(choices: tuple[str, ...]) -> str:
+    """('a', 'b', 'c') -> 'a, b or c', for a description that lists a field's choices."""
+    return f"{', '.join(choices[:-1])} or {choices[-1]}"
 
 
 class Scope(Enum):
@@ -74,9 +82,7 @@ class Settings(BaseSettings):
         description="Output channels of the two conv layers, e.g. '[16, 32]' or '16,32'.",
     )
     classes: int = Field(10, ge=DATASET_CLASSES, le=10_000, description="Output logits (>= 10).")
-    dataset: Literal["MNIST", "FashionMNIST", "KMNIST"] = Field(
-        "MNIST", description="torchvision dataset: MNIST, FashionMNIST or KMNIST."
-    )
+    dataset: Dataset = Field("MNIST", description=f"torchvision dataset: {_one_of(DATASETS)}.")
     architecture: Literal["CNN"] = Field("CNN", description="Model family (only CNN).")
     data_slice: int = Field(
         5, gt=0, le=10_000, description="Keep every n-th example, the tutorial's [::5]; 1 = all."
@@ -127,9 +133,7 @@ class Settings(BaseSettings):
         description="Who computes the watch histograms: trainjob (on the device, same records) "
         "or wandb (W&B's run.watch hooks, slower).",
     )
-    watch_log: Literal["gradients", "parameters", "all", "none"] = Field(
-        "all", description="run.watch log: gradients, parameters, all or none."
-    )
+    watch_log: WatchLog = Field("all", description=f"run.watch log: {_one_of(WATCH_LOG_CHOICES)}.")
     watch_freq: int = Field(10, gt=0, description="run.watch log_freq, in batches.")
     log_every: int = Field(25, gt=0, description="Log loss/epoch every n batches.")
     wandb_init_timeout: Annotated[float, RUNTIME] = Field(
@@ -328,13 +332,13 @@ def env_name(field: str) -> str:
 # --- settings from the environment and flags, every problem one line ---------------------------
 
 
-def _flag_given(argv: Sequence[str], field: str) -> bool:
-    flag = f"--{field}"
-    return any(a == flag or a.startswith(flag + "=") for a in argv)
+def flag_names(argv: Sequence[str]) -> list[str]:
+    """The names of the flags in ``argv`` (``--name`` or ``--name=value``), in order."""
+    return [a[2:].split("=", 1)[0] for a in argv if a.startswith("--")]
 
 
 def _describe(loc: str, value: Any, argv: Sequence[str]) -> str:
-    if _flag_given(argv, loc):
+    if loc in flag_names(argv):
         return f"--{loc}={value!s}"
     env = env_name(loc)
     if env in os.environ:

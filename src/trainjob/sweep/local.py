@@ -38,7 +38,8 @@ from typing import Any
 
 from .. import metrics, records
 from ..errors import ConfigError, ExitCode, SweepGaveUp
-from ..settings import Scope, Settings, env_name, fields_in, load_settings
+from ..log import logger
+from ..settings import Scope, Settings, env_name, fields_in
 from ..sync import hint
 from ..wandb_env import resolve_mode
 from .parallel import SEQUENTIAL, Parallel, Slots, plan
@@ -46,10 +47,9 @@ from .spec import TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
 from .stop import EarlyTermination
 from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
 
-INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
-COUNT_ENV = "JOB_COMPLETIONS"  # set by our manifest to the Job's spec.completions
 # Each trial's names: set by the sweep, so not flags of `sweep run` (folders are: trials go under).
 PER_TRIAL_FIELDS = fields_in(Scope.IDENTITY)
+log = logger("sweep")  # stdout, beside the table it ends with
 
 
 # --- options ----------------------------------------------------------------------------------
@@ -57,66 +57,12 @@ PER_TRIAL_FIELDS = fields_in(Scope.IDENTITY)
 
 @dataclass
 class Options:
+    """The command line's own options of ``sweep run`` (cli.py parses them)."""
+
     worker: int = 0
     workers: int = 1
     count: int | None = None
     dry_run: bool = False
-    flags: list[str] = field(default_factory=list)  # Settings flags applied to every trial
-
-
-def _positive(text: str, what: str) -> int:
-    if not text.isdigit() or int(text) <= 0:
-        raise ConfigError(f"{what}={text!r} is invalid: expected a positive integer")
-    return int(text)
-
-
-def parse_worker(text: str, what: str = "--worker") -> tuple[int, int]:
-    match = re.fullmatch(r"(\d+)/(\d+)", text.strip())
-    if not match or not 0 <= int(match[1]) < int(match[2]):
-        raise ConfigError(f"{what}={text!r} is invalid: expected I/N with 0 <= I < N, e.g. 0/3")
-    return int(match[1]), int(match[2])
-
-
-def worker_from_env(env: dict[str, str] | os._Environ[str]) -> tuple[int, int]:
-    """(i, N) from an Indexed Job: JOB_COMPLETION_INDEX (Kubernetes) and JOB_COMPLETIONS (the
-    manifest copies spec.completions); (0, 1) outside one."""
-    index, count = env.get(INDEX_ENV), env.get(COUNT_ENV)
-    if index is None and count is None:
-        return 0, 1
-    if index is None or count is None:
-        missing = COUNT_ENV if count is None else INDEX_ENV
-        raise ConfigError(
-            f"{INDEX_ENV}={index!r} and {COUNT_ENV}={count!r}: set {missing} too (the Indexed "
-            "Job's completions), or pass --worker I/N"
-        )
-    return parse_worker(f"{index}/{count}", f"{INDEX_ENV}/{COUNT_ENV}")
-
-
-def parse_options(rest: Sequence[str]) -> Options:
-    opts = Options()
-    opts.worker, opts.workers = worker_from_env(os.environ)
-    args = list(rest)
-    while args:
-        arg = args.pop(0)
-        name, eq, value = arg.partition("=")
-        if name in ("--worker", "--count"):
-            if not eq:
-                if not args or args[0].startswith("--"):
-                    raise ConfigError(f"{name} expects a value, e.g. {name} 2")
-                value = args.pop(0)
-            if name == "--worker":
-                opts.worker, opts.workers = parse_worker(value)
-            else:
-                opts.count = _positive(value, "--count")
-        elif arg == "--dry-run":
-            opts.dry_run = True
-        else:
-            opts.flags.append(arg)
-    return opts
-
-
-def given_fields(flags: Sequence[str]) -> list[str]:
-    return [a[2:].split("=", 1)[0] for a in flags if a.startswith("--")]
 
 
 def flags_as_env(settings: Settings, names: Sequence[str]) -> dict[str, str]:
@@ -356,7 +302,7 @@ class LocalSweep:
                     if self.announce(point):
                         slots.submit(self.settle, point, runner, signals, skipped)
                     elif self.opts.dry_run and self.config["method"] == "bayes":
-                        print("trainjob sweep: (bayes: later points depend on this one's result)")
+                        log.info("(bayes: later points depend on this one's result)")
                         break
             self.wait_for(skipped, runner, signals)
         except (Interrupted, SweepGaveUp):
@@ -374,14 +320,14 @@ class LocalSweep:
             return False
         same = self.seen.get(point.params_key)
         if same is not None:
-            print(f"trainjob sweep: trial {point.key} has the parameters of trial {same}; skipped")
+            log.info(f"trial {point.key} has the parameters of trial {same}; skipped")
             return False
         self.seen[point.params_key] = point.key
         return True
 
     def say_trial(self, point: Point) -> None:
         who = f" (worker {self.opts.worker}/{self.opts.workers})" if self.opts.workers > 1 else ""
-        print(f"trainjob sweep: {self.name} trial {point.key}{who}: {' '.join(point.argv())}")
+        log.info(f"{self.name} trial {point.key}{who}: {' '.join(point.argv())}")
 
     def settle(
         self, point: Point, runner: TrialRunner, signals: SignalForwarder, skipped: list[Point]
@@ -393,10 +339,10 @@ class LocalSweep:
         if holder is None:
             return
         if self.config["method"] == "bayes":
-            print(f"trainjob sweep: trial {point.key} is being run by {holder}; waiting")
+            log.info(f"trial {point.key} is being run by {holder}; waiting")
             self.wait_for([point], runner, signals)
         else:
-            print(f"trainjob sweep: trial {point.key} is being run by {holder}; skipped")
+            log.info(f"trial {point.key} is being run by {holder}; skipped")
             skipped.append(point)
 
     def wait_for(self, points: list[Point], runner: TrialRunner, signals: SignalForwarder) -> None:
@@ -406,7 +352,7 @@ class LocalSweep:
         to nobody, and the sweep would end with it unfinished."""
         if points:
             keys = ", ".join(p.key for p in points)
-            print(f"trainjob sweep: waiting for trial(s) other drivers run: {keys}")
+            log.info(f"waiting for trial(s) other drivers run: {keys}")
         while points:
             points = [p for p in points if self.attempt(p, runner, signals, rerun_failed=False)]
             if points:
@@ -464,8 +410,8 @@ class LocalSweep:
                     lease.release()
                     break
                 if not said:
-                    print(
-                        f"trainjob sweep: trial {point.key}: run {path.parent.name} is still "
+                    log.info(
+                        f"trial {point.key}: run {path.parent.name} is still "
                         f"being trained by {holder.describe()}; waiting for it to end"
                     )
                     said = True
@@ -479,7 +425,7 @@ class LocalSweep:
         result.train_s = _metric_of(record, metrics.TRAIN_S)
         result.run_dir, result.mode = record.run_dir, record.mode
         result.epochs = _epochs_of(folder, record, self.metric)
-        print(f"trainjob sweep: trial {point.key} already {result.state} in {folder}; kept")
+        log.info(f"trial {point.key} already {result.state} in {folder}; kept")
         self.add(result)
 
     def run_trial(self, point: Point, runner: TrialRunner, signals: SignalForwarder) -> Result:
@@ -497,8 +443,8 @@ class LocalSweep:
         result.epochs = _epochs_of(folder, record, self.metric)
         value = "-" if result.metric is None else f"{result.metric:.4f}"
         what = " (stopped early)" if code == ExitCode.STOPPED else ""
-        print(
-            f"trainjob sweep: trial {point.key} exited {code}{what}; {self.metric}={value} "
+        log.info(
+            f"trial {point.key} exited {code}{what}; {self.metric}={value} "
             f"after {len(result.epochs)} epoch(s) ({result.seconds:.1f} s)"
         )
         return result
@@ -539,7 +485,7 @@ class LocalSweep:
         share = f"{train / trials:.0%}" if trials else "-"
         busy = f"{train / (wall * slots):.0%}" if wall else "-"
         return (
-            f"trainjob sweep: cost: {len(ran)} trial(s) run here, training {train:.1f} s of "
+            f"cost: {len(ran)} trial(s) run here, training {train:.1f} s of "
             f"{trials:.1f} s trial time ({share}); sweep wall {wall:.1f} s with {slots} "
             f"slot(s): training {busy} of the slots' time"
         )
@@ -548,7 +494,7 @@ class LocalSweep:
         if self.opts.dry_run:
             return
         if not self.results:
-            print(f"trainjob sweep: {self.name}: no trial for this worker")
+            log.info(f"{self.name}: no trial for this worker")
             return
         names = list(self.config["parameters"])
         header = ["trial", "exit", self.metric, "state", "epochs", "train s", "wall s", *names]
@@ -569,12 +515,11 @@ class LocalSweep:
         goal = "max" if self.maximize else "min"
         stopped = sum(r.state == "stopped" for r in self.results)
         early = f", {stopped} stopped early" if stopped else ""
-        print(
-            f"\ntrainjob sweep: {self.name}: {len(rows)} trial(s){early}, best {goal} {self.metric}"
-        )
+        print()
+        log.info(f"{self.name}: {len(rows)} trial(s){early}, best {goal} {self.metric}")
         for row in [header, *rows]:
             print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
-        print(self.cost())
+        log.info(self.cost())
         offline = [r.run_dir for r in self.ranked() if r.run_dir and r.mode == "offline"]
         if offline:
             print(f"\nupload the offline runs with:\n  {hint(*map(Path, offline))}")
@@ -593,10 +538,9 @@ def server_once(settings: Settings) -> dict[str, str]:
     reason = check_server(settings.wandb_init_timeout)
     if reason is None:
         return {}
-    print(
-        f"trainjob sweep: W&B server {base_url()} unreachable ({reason}); every trial runs "
-        "offline: upload them later with the trainjob sync line at the end",
-        flush=True,
+    log.info(
+        f"W&B server {base_url()} unreachable ({reason}); every trial runs "
+        "offline: upload them later with the trainjob sync line at the end"
     )
     return {"WANDB_MODE": "offline"}
 
@@ -615,10 +559,10 @@ def check_local(config: dict[str, Any], opts: Options) -> None:
         )
 
 
-def run_local(file: str, rest: list[str]) -> int:
-    opts = parse_options(rest)
-    names = given_fields(opts.flags)
-    settings = load_settings(opts.flags)
+def run_local(file: str, settings: Settings, given: Sequence[str], opts: Options) -> int:
+    """Run the sweep ``file`` on this worker: ``settings`` from the environment and the command
+    line's flags, ``given`` the names of those flags (they apply to every trial)."""
+    names = list(given)
     if settings.sweep_id:
         raise ConfigError(
             f"TRAINJOB_SWEEP_ID={settings.sweep_id} names a sweep on the W&B server (run it with "
@@ -640,7 +584,7 @@ def run_local(file: str, rest: list[str]) -> int:
         base.update(server_once(settings))
     par = plan(settings, explicit_threads="threads" in names or env_name("threads") in os.environ)
     if par.trials > 1:
-        print(f"trainjob sweep: {par.why}", flush=True)
+        log.info(par.why)
     sweep = LocalSweep(config, settings, opts, base, Path(file).read_bytes(), par)
     runner = TrialRunner()  # its fork server starts with the first trial that has to run
     signals = SignalForwarder()
