@@ -170,7 +170,8 @@ def test_the_checks_catch_a_cycle_and_an_entry_point_import(tmp_path: Path) -> N
 
 
 def test_architecture_tree_lists_every_module_once() -> None:
-    """docs/architecture.md's ``src/trainjob/`` tree: one line per module, none missing, none gone."""
+    """docs/architecture.md's ``src/trainjob/`` tree: one line per module, none missing, none
+    gone."""
     page = (ROOT / "docs" / "architecture.md").read_text()
     tree = page.split("```text\nsrc/trainjob/\n", 1)[1].split("```", 1)[0]
     listed: list[str] = []

@@ -27,12 +27,12 @@ def dispatch(command: list[str], rest: list[str]) -> int:
 
         return agent(load_settings(rest), rest)
     if command == ["sync"]:
-        from .sync import main as sync
+        from .tracking.sync import main as sync
 
         return sync(rest)
     sweep_file = command[2] if len(command) > 2 else "sweep.yaml"
     if command[:2] == ["sweep", "create"]:
-        from .sweep.server import create
+        from .sweep.agent import create
 
         return create(sweep_file, rest)
     if command[:2] == ["sweep", "run"]:

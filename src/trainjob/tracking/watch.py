@@ -18,13 +18,13 @@ the work onto the GPU (wandb/wandb#2946) and advises a larger ``log_freq`` (wand
 - the training loop says how many steps remain until its next history row (``plan``): a firing
   whose result the next firing of the same hook would overwrite before that row is skipped;
 - ``collect`` copies the whole buffer to the host once per history row that has pending
-  histograms; tracking.py turns them into ``wandb.Histogram`` s and logs them in one call.
+  histograms; run.py turns them into ``wandb.Histogram`` s and logs them in one call.
 
 A CUDA graph replay runs no Python hooks: the loop pauses the hooks while a graph is recorded
 and calls ``forward_event`` / ``backward_event`` around each replay instead (``GraphedStep``
 keeps the gradient buffers the graph writes).
 
-This module does not import wandb: tracking.py does the packaging.
+This module does not import wandb: run.py does the packaging.
 """
 
 from __future__ import annotations
