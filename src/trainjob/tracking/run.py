@@ -1,4 +1,4 @@
-"""Everything W&B: one run per process, created here and passed around explicitly.
+"""The job's W&B run: one per process, created here and passed around explicitly.
 
 W&B's tutorial calls ``wandb.init`` again inside ``train_log``; with wandb 0.31 that finishes
 the active run and the ``watch`` hooks then crash (one active run per process by default:
