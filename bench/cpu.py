@@ -417,8 +417,9 @@ def watch_cost(repeats: int = 30) -> None:
     import wandb
 
     sys.path.insert(0, str(ROOT / "src"))
-    from trainjob import tracking, watch
     from trainjob.model import ConvNet
+    from trainjob.tracking import run as tracking
+    from trainjob.tracking import watch
 
     torch.manual_seed(0)
     model = ConvNet(TUTORIAL["kernels"], TUTORIAL["classes"])
@@ -474,14 +475,14 @@ def watch_cost(repeats: int = 30) -> None:
 PHASES = [  # (module file, function) in trainjob, timed with cProfile's cumulative time
     ("settings.py", "load_settings", "settings (pydantic)"),
     ("data.py", "load", "data: read + slice"),
-    ("tracking.py", "start", "wandb.init (offline)"),
-    ("tracking.py", "watch", "run.watch"),
+    ("tracking/run.py", "start", "wandb.init (offline)"),
+    ("tracking/run.py", "watch", "run.watch"),
     ("train.py", "train", "train (1 epoch)"),
     ("train.py", "evaluate", "evaluate"),
     ("export.py", "export_onnx", "ONNX export"),
     ("export.py", "check_onnx", "ONNX check + onnxruntime"),
-    ("tracking.py", "save_model", "save model + artifact"),
-    ("tracking.py", "finish", "run.finish"),
+    ("tracking/run.py", "save_model", "save model + artifact"),
+    ("tracking/run.py", "finish", "run.finish"),
 ]
 
 

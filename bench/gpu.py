@@ -280,9 +280,9 @@ def part_c(root: Path, device: torch.device, epochs: int, tmp: Path, smoke: bool
     if missing:
         print(f"(c) tracking overhead: skipped ({', '.join(missing)} not importable here)")
         return
-    from trainjob import tracking
     from trainjob.settings import Settings
-    from trainjob.watch import Watcher
+    from trainjob.tracking import run as tracking
+    from trainjob.tracking.watch import Watcher
 
     os.environ.update(WANDB_DIR=str(tmp), WANDB_SILENT="true", WANDB_CONFIG_DIR=str(tmp / ".c"))
     settings = Settings(epochs=epochs, data_dir=root, output_dir=tmp / "outputs")

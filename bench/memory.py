@@ -99,9 +99,10 @@ def main() -> None:
     import torch
     from helpers import write_tiny_mnist
 
-    from trainjob import data, tracking
+    from trainjob import data
     from trainjob.model import ConvNet
     from trainjob.settings import load_settings
+    from trainjob.tracking import run as tracking
     from trainjob.train import LoopConfig, Progress, Report, train
 
     torch.set_num_threads(2)

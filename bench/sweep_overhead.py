@@ -34,8 +34,9 @@ PARTS = ("process start", "imports", "settings", "data", "wandb.init", "model, w
 def _instrument(t0: float, marks: dict[str, float]) -> None:
     """Time each stage of the real job by wrapping the functions job.run calls; on entering the
     training loop, write the marks and stop the job (exit 0) without training."""
-    from trainjob import data, job, tracking, train
+    from trainjob import data, job, train
     from trainjob.errors import ExitCode, TrainjobError
+    from trainjob.tracking import run as tracking
 
     class Measured(TrainjobError):
         exit_code = ExitCode.OK

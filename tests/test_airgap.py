@@ -66,7 +66,7 @@ def test_offline_job_makes_no_network_call(mode: str, tiny_data: Path, tmp_path:
 
 CHOOSE = """
 import json, sys, time
-from trainjob import tracking
+from trainjob.tracking import run as tracking
 from trainjob.settings import Settings
 started = time.monotonic()
 mode = tracking.choose_mode(Settings(wandb_init_timeout=float(sys.argv[1])))

@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from trainjob import checkpoint, history, identity
+from trainjob import checkpoint, identity
 from trainjob.errors import Preempted, StorageError, TrialStopped
 from trainjob.interrupt import STOP_SIGNAL, Interrupt
 from trainjob.model import ConvNet
 from trainjob.settings import Settings
+from trainjob.tracking import history
 from trainjob.train import Progress
 
 

@@ -14,7 +14,7 @@ from helpers import clean_env, offline_runs, read_offline_run, run_cli, syntheti
 
 from trainjob import data
 from trainjob.model import ConvNet
-from trainjob.sync import hint
+from trainjob.tracking.sync import hint
 from trainjob.train import LoopConfig, Report, evaluate, train
 
 EPOCHS, BATCH, LOG_EVERY = 2, 32, 5

@@ -483,7 +483,7 @@ def test_sweep_agents_are_a_work_queue_spread_over_nodes(
     ref = env["TRAINJOB_SWEEP_ID"]["valueFrom"]["configMapKeyRef"]
     assert (ref["name"], ref["key"]) == SWEEP_CONFIGMAP and not ref.get("optional")
     assert SWEEP_CONFIGMAP[0] not in {d["metadata"]["name"] for d in docs}
-    from trainjob.sweep.server import agent_commands
+    from trainjob.sweep.agent import agent_commands
 
     printed = "\n".join(agent_commands("entity/project/abc123"))
     assert f"configmap {ref['name']} " in printed, printed

@@ -156,7 +156,7 @@ def test_loop_modules_need_neither_pydantic_nor_wandb(tmp_path: Path) -> None:
     )
     modules = json.loads(_python(tmp_path, code))
     assert not [m for m in modules if not m.startswith("trainjob")], modules
-    assert "trainjob.settings" not in modules and "trainjob.tracking" not in modules
+    assert "trainjob.settings" not in modules and "trainjob.tracking.run" not in modules
 
 
 def _bench(tmp_path: Path, script: str, *args: str, timeout: float, **env: str):

@@ -23,7 +23,7 @@ import pytest
 from fake_wandb import fake_wandb
 from helpers import ROOT, clean_env, offline_runs, read_offline_run
 
-from trainjob import history, sync
+from trainjob.tracking import history, sync
 
 ARGS = ["--epochs", "2", "--batch_size", "32"]  # 512 examples: 16 steps per epoch, 32 in all
 STEPS, BATCH, LOG_EVERY, EVERY_STEPS = 32, 32, 2, 5

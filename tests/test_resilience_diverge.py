@@ -18,7 +18,7 @@ from helpers import SRC, clean_env, offline_runs, read_offline_run, run_cli
 from trainjob import data
 from trainjob.errors import DivergedError
 from trainjob.model import ConvNet
-from trainjob.sync import hint
+from trainjob.tracking.sync import hint
 from trainjob.train import Hook, LoopConfig, Progress, Report, train
 
 

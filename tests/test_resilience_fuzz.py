@@ -16,7 +16,7 @@ from hypothesis import strategies as st
 
 from trainjob.errors import ConfigError
 from trainjob.settings import Settings, env_name, load_settings
-from trainjob.wandb_env import resolve_mode
+from trainjob.tracking.env import resolve_mode
 
 FIELDS = sorted(Settings.model_fields)
 

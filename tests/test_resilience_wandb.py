@@ -17,7 +17,7 @@ import pytest
 from fake_wandb import fake_wandb
 from helpers import clean_env, offline_runs, read_offline_run, run_cli, wandb_cli
 
-from trainjob.sync import hint
+from trainjob.tracking.sync import hint
 
 CANARY = f"canary-{secrets.token_hex(20)}"  # a well-formed key (40+ chars) no server knows
 EPOCHS, BATCH, LOG_EVERY, TRAIN = 2, 64, 2, 512

@@ -16,9 +16,10 @@ import pytest
 import torch
 from helpers import clean_env, offline_runs, read_offline_run, run_cli
 
-from trainjob import cuda_graphs, data, train, watch
+from trainjob import cuda_graphs, data, train
 from trainjob.model import ConvNet
 from trainjob.step import accumulate, train_step
+from trainjob.tracking import watch
 from trainjob.train import LoopConfig, make_optimizer
 
 needs_cuda = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -145,7 +146,7 @@ def _wandb_reference(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Any:
 def test_statistics_follow_wandbs_rules(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """NaN/inf dropped, all-equal tensors as one bin, no finite values: nothing logged, other
     dtypes through float32: W&B's ``log_tensor_stats`` itself is the reference."""
-    from trainjob.tracking import package
+    from trainjob.tracking.run import package
 
     torch.manual_seed(0)
     run, capture = _wandb_reference(monkeypatch, tmp_path)
@@ -274,7 +275,7 @@ def test_a_firing_without_finite_values_keeps_the_earlier_one() -> None:
 @needs_cuda
 def test_cuda_statistics_match_wandbs(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     """On a GPU W&B's hooks use CUDA histc: the device statistics must give the same counts."""
-    from trainjob.tracking import package
+    from trainjob.tracking.run import package
 
     torch.manual_seed(0)
     run, capture = _wandb_reference(monkeypatch, tmp_path)

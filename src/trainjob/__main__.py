@@ -13,6 +13,7 @@ import os
 import sys
 import threading
 from collections.abc import Sequence
+from pathlib import Path
 
 from . import env_dirs
 from .cli import Command, parse, print_help, wants_help
@@ -33,11 +34,12 @@ def dispatch(command: Command) -> int:
 
         return agent(load_settings(command.flags), command.flags)
     if command.name == "sync":
-        from .sync import main as sync
+        from .tracking.sync import sync
 
-        return sync([*command.paths, *command.flags])
+        paths = [Path(p) for p in command.paths] or [Path(os.environ.get("WANDB_DIR") or ".")]
+        return sync(paths, load_settings(command.flags).sync_stall_s)
     if command.name == "sweep create":
-        from .sweep.server import create
+        from .sweep.agent import create
 
         return create(command.file, command.flags)
     assert command.name == "sweep run", command.name  # cli.parse knows no other command

@@ -2,7 +2,7 @@
 
 A full-batch optimizer step is recorded once as a CUDA graph and then replayed (``GraphedStep``);
 ``GraphReplay`` is what the loop calls instead of an eager step: it captures on the first full
-batch and drives trainjob's watcher (watch.py) around each replay, where hooks cannot run.
+batch and drives trainjob's watcher (tracking/watch.py) around each replay, where hooks cannot run.
 On other devices ``cuda_graphs`` is a no-op (``graphs_available``).
 """
 
@@ -15,7 +15,7 @@ from torch import nn
 
 from .data import Split
 from .step import LoopConfig, accumulate, train_step
-from .watch import Watcher
+from .tracking.watch import Watcher
 
 
 def graphs_available(device: torch.device) -> bool:

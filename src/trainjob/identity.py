@@ -126,7 +126,7 @@ def _interrupted(root: Path, ttl: float) -> tuple[str, records.Lease] | None:
 def _trace(settings: Settings, run_id: str, mode: str) -> Any:
     """What is known of ``run_id``: trainjob's run record, then tracking.run_trace (the run
     folders under WANDB_DIR and, online, the server)."""
-    from . import tracking
+    from .tracking import run as tracking
 
     trace = tracking.run_trace(settings, run_id, mode)
     path = records.run_record_path(settings.output_dir, run_id)

@@ -16,10 +16,9 @@ from typing import Any
 import torch
 from torch import nn
 
-from . import checkpoint, data, export, identity, metrics, records, runtime, tracking
+from . import checkpoint, data, export, identity, metrics, records, runtime
 from .data import Data
 from .errors import ConfigError, ExitCode, Preempted, StorageError, TrainjobError, TrialStopped
-from .history import History, history_floor
 from .identity import Claim
 from .interrupt import Interrupt
 from .log import logger
@@ -28,8 +27,10 @@ from .progress import display
 from .settings import Settings
 from .step import LoopConfig
 from .stopping import EpochEnd
+from .tracking import run as tracking
+from .tracking.history import History, history_floor
+from .tracking.watch import Watcher
 from .train import LoopStats, Progress, Report, evaluate, make_optimizer, train
-from .watch import Watcher
 
 log = logger()
 
@@ -150,9 +151,10 @@ def continue_history(
     model: nn.Module,
     criterion: nn.Module,
 ) -> tuple[History, Watcher | None]:
-    """The run's history, continued where the interrupted process left it (history.py): only
-    steps after the rows it has are logged, watched from the first new row on; rows lost with
-    the process (SIGKILL) are logged again from the checkpoint, with their original values."""
+    """The run's history, continued where the interrupted process left it
+    (tracking/history.py): only steps after the rows it has are logged, watched from the first
+    new row on; rows lost with the process (SIGKILL) are logged again from the checkpoint, with
+    their original values."""
     watcher = None
     if settings.watcher == "trainjob" and settings.watch_log != "none" and tracker.enabled:
         watcher = Watcher(model, settings.watch_log, settings.watch_freq)

@@ -18,7 +18,7 @@ from . import env_dirs
 from .errors import StorageError, as_exit_code
 from .interrupt import Interrupt
 from .settings import Settings, load_settings
-from .wandb_env import resolve_mode
+from .tracking.env import resolve_mode
 
 
 def main(argv: Sequence[str]) -> int:

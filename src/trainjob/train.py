@@ -6,7 +6,7 @@ One flat loop in a fixed order (nanoGPT's ``train.py``): forward -> loss -> back
 comments (``SYNC POINT``): once per ``log_every`` batches, once per epoch (timing), on the few
 warm-up steps that see a new batch shape (compile/autotune timing), and once per evaluation.
 Everything else (the epoch's permutation, batch gathering, uint8 -> float, the running loss)
-stays on the device. Outside this module, the watch histograms (watch.py) are copied to the
+stays on the device. Outside this module, the watch histograms (tracking/watch.py) are copied to the
 host with the log rows, and a checkpoint save syncs.
 """
 
@@ -25,7 +25,7 @@ from . import cuda_graphs, metrics
 from .data import Split
 from .errors import DivergedError
 from .step import LoopConfig, accumulate, autocast, prepare, train_step
-from .watch import Watcher
+from .tracking.watch import Watcher
 
 EVAL_BATCH = 1000  # evaluation batch: large (no grads), and fixed so accuracy is reproducible
 
@@ -98,8 +98,8 @@ class LoopStats:
 class Report:
     """What the loop reports to: the progress it advances (where training stands, what a
     checkpoint saves), the history rows, the hooks between steps, a progress display, its
-    timing and the watcher (watch.py: told how far the next row is, driven around CUDA graph
-    replays, where its module hooks cannot run)."""
+    timing and the watcher (tracking/watch.py: told how far the next row is, driven around CUDA
+    graph replays, where its module hooks cannot run)."""
 
     history: HistoryLog
     progress: Progress = field(default_factory=Progress)

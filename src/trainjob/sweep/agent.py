@@ -1,5 +1,8 @@
-"""``trainjob agent``: W&B's agent for TRAINJOB_SWEEP_ID, each trial a process of its own
-(trials.py)."""
+"""The W&B server's side of a sweep: ``trainjob sweep create`` registers ``sweep.yaml`` and
+prints the agent commands; ``trainjob agent`` runs W&B's agent for TRAINJOB_SWEEP_ID, each trial
+a process of its own (trials.py). Both ask the server first (``check_server``): neither can fall
+back offline.
+"""
 
 from __future__ import annotations
 
@@ -10,12 +13,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ConfigError, ExitCode, SweepGaveUp
-from ..settings import Settings
-from ..wandb_env import resolve_mode
+from ..errors import ConfigError, ExitCode, SweepGaveUp, WandbUnreachable
+from ..settings import Settings, load_settings
+from ..tracking.env import base_url, resolve_mode
+from ..tracking.server import probe
 from . import parallel
-from .server import check_server
-from .spec import TRIAL_COMMAND
+from .spec import TRIAL_COMMAND, load_sweep, read_yaml
 from .trials import (
     FORWARDED_SIGNALS,
     FailureCounter,
@@ -24,6 +27,64 @@ from .trials import (
     TrialRunner,
     trial_env,
 )
+
+IMAGE = "ghcr.io/trainjob/trainjob:0.1.0"  # the image the printed agent commands use
+
+
+def agent_commands(sweep_path: str) -> list[str]:
+    return [
+        f"docker run --rm --gpus all -e WANDB_API_KEY -e TRAINJOB_SWEEP_ID={sweep_path} {IMAGE}",
+        f"kubectl -n trainjob create configmap trainjob-sweep "
+        f"--from-literal=TRAINJOB_SWEEP_ID={sweep_path} --dry-run=client -o yaml "
+        "| kubectl apply -f -",
+        "kubectl apply -k k8s/overlays/sweep-agents",
+        f"TRAINJOB_SWEEP_ID={sweep_path} trainjob          # an agent on this machine",
+    ]
+
+
+def create(file: str, rest: list[str]) -> int:
+    """Register ``file`` with W&B and print the sweep path and the commands to start agents."""
+    settings = load_settings(rest)
+    config = read_yaml(Path(file))  # W&B gets the file as written, after the checks below
+    load_sweep(file)
+    mode = resolve_mode()
+    if mode != "online":
+        raise ConfigError(
+            f"sweep create needs the W&B server, but W&B is {mode} (WANDB_MODE or no "
+            f"WANDB_API_KEY); run the sweep offline with: trainjob sweep run {file}"
+        )
+    check_server(settings.wandb_init_timeout)
+    from ..tracking import sweeps
+
+    project = config.get("project") or settings.resolved_project
+    entity = config.get("entity") or os.environ.get("WANDB_ENTITY")
+    sweep_id = sweeps.register(config, entity=entity, project=project)
+    sweep_path = "/".join(p for p in (entity, project, sweep_id) if p)
+    print(f"sweep: {sweep_path}")
+    print("start agents with (each runs trials until the sweep ends; add --sweep_count N):")
+    for command in agent_commands(sweep_path):
+        print(f"  {command}")
+    return int(ExitCode.OK)
+
+
+def check_server(timeout: float) -> None:
+    """The agent and ``sweep create`` cannot fall back offline: find out first, within
+    ``timeout`` seconds, whether the server at WANDB_BASE_URL answers (else exit 8, one line)
+    and takes the key (else exit 2). A refused connection fails at once."""
+    why = probe(timeout)
+    if why is not None:
+        raise WandbUnreachable(_unreachable(base_url(), why))
+
+
+def _unreachable(url: str, why: str) -> str:
+    return (
+        f"no answer from the W&B server at WANDB_BASE_URL={url} ({why}); the agent and sweep "
+        "create need it: check the URL and the network, or run the sweep offline with: "
+        "trainjob sweep run sweep.yaml"
+    )
+
+
+# --- the agent -------------------------------------------------------------------------------
 
 
 def check_agent(settings: Settings) -> str:
@@ -89,7 +150,8 @@ class AgentTrial:
 
     def argv(self) -> list[str]:
         import yaml
-        from wandb.sdk.launch.sweeps.utils import create_sweep_command_args
+
+        from ..tracking.sweeps import command_args
 
         path = os.environ.get("WANDB_SWEEP_PARAM_PATH", "")
         try:
@@ -98,7 +160,7 @@ class AgentTrial:
             raise ConfigError(f"W&B's agent gave no trial parameters ({path!r}: {exc})") from None
         params.pop("wandb_version", None)
         # W&B's own formatting of ${args}: exactly what the CLI agent would run.
-        return [*TRIAL_COMMAND, *create_sweep_command_args({"args": params})["args"]]
+        return [*TRIAL_COMMAND, *command_args(params)]
 
     def __call__(self) -> None:
         argv = self.argv()
@@ -127,7 +189,7 @@ def agent(settings: Settings, argv: Sequence[str] = ()) -> int:
     if par.trials > 1:
         print(f"trainjob agent: {par.why}", flush=True)
         return fan_out(settings, sweep_id, par, argv)
-    import wandb
+    from ..tracking.sweeps import run_agent
 
     runner = TrialRunner()
     runner.warm_up()
@@ -138,14 +200,7 @@ def agent(settings: Settings, argv: Sequence[str] = ()) -> int:
     # also override the run id of every wandb.init in this process).
     os.environ.pop("TRAINJOB_SWEEP_ID", None)
     with signals.active():
-        # Our function raises only to stop; W&B's agent then stops after that one failure.
-        wandb.agent(
-            sweep_id,
-            function=trial,
-            project=settings.project,
-            count=settings.sweep_count,
-            max_consecutive_failed_runs=1,
-        )
+        run_agent(sweep_id, trial, project=settings.project, count=settings.sweep_count)
     if signals.signal is not None:
         return int(ExitCode.PREEMPTED)
     if failures.exhausted:

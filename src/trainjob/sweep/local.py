@@ -40,8 +40,8 @@ from .. import metrics, records
 from ..errors import ConfigError, ExitCode, SweepGaveUp
 from ..log import logger
 from ..settings import Scope, Settings, env_name, fields_in
-from ..sync import hint
-from ..wandb_env import resolve_mode
+from ..tracking.env import resolve_mode
+from ..tracking.sync import hint
 from .parallel import SEQUENTIAL, Parallel, Slots, plan
 from .spec import TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
 from .stop import EarlyTermination
@@ -530,12 +530,12 @@ def server_once(settings: Settings) -> dict[str, str]:
     otherwise cost every trial its own ``TRAINJOB_WANDB_INIT_TIMEOUT`` wait before it goes
     offline. Then every trial runs offline (``WANDB_MODE`` in its environment), said in one
     line; a rejected key is exit 2 before any trial, as for a job."""
-    from ..wandb_env import base_url, has_api_key
-    from ..wandb_server import check_server
+    from ..tracking.env import base_url, has_api_key
+    from ..tracking.server import probe
 
     if not has_api_key():
         return {}  # each trial says it (exit 2): the same message as a plain job
-    reason = check_server(settings.wandb_init_timeout)
+    reason = probe(settings.wandb_init_timeout)
     if reason is None:
         return {}
     log.info(

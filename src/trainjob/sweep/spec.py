@@ -144,8 +144,8 @@ def check_early_terminate(path: Path, raw: dict[str, Any]) -> None:
 
 
 def sweep_engine() -> Any:
-    """W&B's sweep engine (PyPI ``sweeps``), see engine.py."""
-    from .engine import engine
+    """W&B's sweep engine (PyPI ``sweeps``), see tracking/sweeps.py."""
+    from ..tracking.sweeps import engine
 
     return engine
 

@@ -62,7 +62,7 @@ class EarlyTermination:
 
     def trails(self, values: list[float]) -> str | None:
         """Why this trial should stop now (W&B's hyperband line), or None to go on."""
-        from .engine import engine
+        from ..tracking.sweeps import engine
 
         def run(name: str, state: str, history: list[float]) -> Any:
             rows = [{self.metric: v} for v in history]

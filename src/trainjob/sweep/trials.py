@@ -52,18 +52,18 @@ PRELOAD = (
     "onnxscript",
     "torch.onnx._internal.exporter._core",
     "trainjob.job",
-    "trainjob.tracking",
+    "trainjob.tracking.run",
     "trainjob.data",
     "trainjob.export",
     "trainjob.checkpoint",
-    "trainjob.history",
+    "trainjob.tracking.history",
     "trainjob.train",
     "trainjob.model",
     "trainjob.runtime",
     "trainjob.stopping",
     "trainjob.preflight",
     "trainjob.interrupt",
-    "trainjob.sweep.engine",  # offline early termination asks it at every epoch end
+    "trainjob.tracking.sweeps",  # W&B's engine: offline early termination asks it per epoch
 )
 FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 POLL_S = 0.5

@@ -18,13 +18,13 @@ the work onto the GPU (wandb/wandb#2946) and advises a larger ``log_freq`` (wand
 - the training loop says how many steps remain until its next history row (``plan``): a firing
   whose result the next firing of the same hook would overwrite before that row is skipped;
 - ``collect`` copies the whole buffer to the host once per history row that has pending
-  histograms; tracking.py turns them into ``wandb.Histogram`` s and logs them in one call.
+  histograms; run.py turns them into ``wandb.Histogram`` s and logs them in one call.
 
 A CUDA graph replay runs no Python hooks: the loop pauses the hooks while a graph is recorded
 and calls ``forward_event`` / ``backward_event`` around each replay instead (``GraphedStep``
 keeps the gradient buffers the graph writes).
 
-This module does not import wandb: tracking.py does the packaging.
+This module does not import wandb: run.py does the packaging.
 """
 
 from __future__ import annotations
@@ -36,9 +36,10 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
+from ..settings import WATCH_LOG_CHOICES
+
 BINS = 64  # wandb_torch.TorchHistory._num_bins
 _HEAD = 3  # buffer columns before the bins: finite min, finite max, finite count
-LOG_CHOICES = ("gradients", "parameters", "all", "none")
 
 
 @dataclass(frozen=True)
@@ -54,8 +55,8 @@ class Watcher:
     """``run.watch(model, log=log, log_freq=log_freq)``'s histograms, computed on the device."""
 
     def __init__(self, model: nn.Module, log: str, log_freq: int) -> None:
-        if log not in LOG_CHOICES:
-            raise ValueError(f"log must be one of {', '.join(LOG_CHOICES)}, not {log!r}")
+        if log not in WATCH_LOG_CHOICES:
+            raise ValueError(f"log must be one of {', '.join(WATCH_LOG_CHOICES)}, not {log!r}")
         if log_freq <= 0:
             raise ValueError(f"log_freq must be positive, not {log_freq}")
         self.model = model

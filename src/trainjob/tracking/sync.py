@@ -42,11 +42,11 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import ConfigError, WandbUnreachable
+from ..errors import ConfigError, WandbUnreachable
+from ..settings import env_name
+from .env import base_url, redact
 from .history import has_records
-from .settings import env_name
-from .wandb_env import base_url, redact
-from .wandb_server import REJECTED, check_server
+from .server import REJECTED, probe
 
 # offline-run-<YYYYMMDD_HHMMSS>-<run id>: the timestamp has a fixed shape, so a run id that itself
 # contains dashes is still read whole.
@@ -127,15 +127,6 @@ def rounds(runs: dict[str, list[Fragment]]) -> list[tuple[bool, list[Fragment]]]
     return batches
 
 
-def main(args: Sequence[str]) -> int:
-    """``trainjob sync [PATH ...] [--FIELD V ...]``: positional PATHs first, then settings flags."""
-    from .settings import load_settings
-
-    split = next((i for i, a in enumerate(args) if a.startswith("-")), len(args))
-    paths = [Path(p) for p in args[:split]] or [Path(os.environ.get("WANDB_DIR") or ".")]
-    return sync(paths, load_settings(list(args[split:])).sync_stall_s)
-
-
 def sync(paths: Sequence[Path], stall_s: float) -> int:
     runs = find_runs(paths)
     folders = sum(len(f) for f in runs.values())
@@ -154,7 +145,7 @@ def sync(paths: Sequence[Path], stall_s: float) -> int:
             f"uploaded, {total - done} left: rerun `{hint(*paths)}` to upload only the rest"
         )
 
-    problem = check_server(stall_s)  # refused / unresolvable at once; silent within stall_s
+    problem = probe(stall_s)  # refused / unresolvable at once; silent within stall_s
     if problem is not None:
         raise unreachable(problem)
     uploaded = 0

@@ -9,7 +9,7 @@ import socket
 import urllib.request
 from urllib.parse import urlparse
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 # wandb 0.31's own default server (wandb/sdk/lib/urls.py DEFAULT_BASE_URL): the host that
 # `wandb login` stores the key under and that wandb-core connects to.

@@ -31,11 +31,12 @@ The transaction log is LevelDB's log format with a 7-byte W&B header (see wandb'
 from __future__ import annotations
 
 import struct
-import sys
 from collections import deque
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import Any
+
+from ..log import logger
 
 _WANDB_HEADER = 7  # ":W&B", magic 0xBEE1 (uint16), version (uint8)
 _BLOCK = 32 * 1024
@@ -44,11 +45,12 @@ _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 # Rows kept in each checkpoint. A 32 KiB block of the transaction log holds about a hundred rows
 # (each row also writes a summary record), an upload interval a few hundred: 1000 is a margin.
 KEEP_ROWS = 1000
+log = logger()
 
 
 class History:
     """What the loop logs to (train.py's ``HistoryLog``): passes rows above ``floor`` on to the
-    ``tracker`` (tracking.Tracker), drops the others, and keeps the last ``KEEP_ROWS`` rows for
+    ``tracker`` (run.Tracker), drops the others, and keeps the last ``KEEP_ROWS`` rows for
     the checkpoint (``rows``)."""
 
     def __init__(
@@ -124,7 +126,7 @@ def scan_run_file(path: Path, warn: bool = False) -> tuple[int | None, int | Non
         blob = path.read_bytes()
     except OSError as exc:
         if warn:
-            print(f"trainjob: warning: cannot read {path}: {exc}", file=sys.stderr)
+            log.warning(f"cannot read {path}: {exc}")
         return None, None
     last: int | None = None
     code: int | None = None

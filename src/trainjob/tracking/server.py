@@ -1,7 +1,7 @@
 """Asking the W&B server whether it answers and takes the key, within a timeout, without
 letting a silent server hold this process: the question is asked from a child process that is
 killed (with the wandb-core it started) when the time is up. A refused connection or a name that
-does not resolve is known at once (``wandb_env.connect_fails``)."""
+does not resolve is known at once (``env.connect_fails``)."""
 
 from __future__ import annotations
 
@@ -11,8 +11,8 @@ import sys
 import time
 from typing import Any
 
-from .errors import ConfigError
-from .wandb_env import base_url, connect_fails, redact
+from ..errors import ConfigError
+from .env import base_url, connect_fails, redact
 
 REJECTED = (
     "the W&B server {url} rejected WANDB_API_KEY ({status}); set a valid key (wandb.ai/authorize) "
@@ -35,7 +35,7 @@ def check_key_format() -> None:
         raise ConfigError(redact(f"W&B credentials are invalid: {problem}"))
 
 
-def check_server(timeout: float) -> str | None:
+def probe(timeout: float) -> str | None:
     """Ask the W&B server who the credentials belong to, waiting at most ``timeout`` seconds.
 
     Returns None when it answered, a short reason when it cannot be reached; raises ConfigError

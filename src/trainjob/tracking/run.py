@@ -1,4 +1,4 @@
-"""Everything W&B: one run per process, created here and passed around explicitly.
+"""The job's W&B run: one per process, created here and passed around explicitly.
 
 W&B's tutorial calls ``wandb.init`` again inside ``train_log``; with wandb 0.31 that finishes
 the active run and the ``watch`` hooks then crash (one active run per process by default:
@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import os
 import shutil
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,12 +28,15 @@ from typing import Any
 import wandb
 from torch import nn
 
-from .errors import ConfigError, StorageError
+from ..errors import ConfigError, StorageError
+from ..log import logger
+from ..settings import Settings
+from .env import base_url, has_api_key, redact, resolve_mode
 from .history import scan_run_file
-from .settings import Settings
-from .wandb_env import base_url, has_api_key, redact, resolve_mode
-from .wandb_server import REJECTED, check_server
+from .server import REJECTED, probe
 from .watch import HostHistogram, Watcher
+
+log = logger()
 
 
 class Tracker:
@@ -159,11 +161,7 @@ class Tracker:
     def _server_lost(self, what: str) -> None:
         self.upload_incomplete = True
         _quiet_telemetry()
-        print(
-            f"trainjob: warning: the W&B server {base_url()} stopped answering; {what}",
-            file=sys.stderr,
-            flush=True,
-        )
+        log.warning(f"the W&B server {base_url()} stopped answering; {what}")
 
     def mark_preempting(self) -> None:
         """Tell W&B the run was preempted, so that a sweep requeues it (no-op when disabled)."""
@@ -181,18 +179,16 @@ class Tracker:
         try:
             self._flush_histograms()
         except Exception as exc:
-            print(f"trainjob: warning: last watch histograms not logged: {exc}", file=sys.stderr)
+            log.warning(f"last watch histograms not logged: {exc}")
         try:
             self.run.finish(exit_code=exit_code)
         except TimeoutError:
             self.upload_incomplete = True
             _quiet_telemetry()
-            print(
-                f"trainjob: warning: the W&B server did not take the run's data within "
+            log.warning(
+                f"the W&B server did not take the run's data within "
                 f"TRAINJOB_WANDB_FINISH_TIMEOUT={self.finish_timeout:g}s; nothing is lost: "
-                f"every step is in {self.run_dir}",
-                file=sys.stderr,
-                flush=True,
+                f"every step is in {self.run_dir}"
             )
 
 
@@ -218,7 +214,7 @@ def choose_mode(settings: Settings) -> str:
             "secret) or use WANDB_MODE=offline"
         )
     started = time.monotonic()
-    reason = check_server(settings.wandb_init_timeout)
+    reason = probe(settings.wandb_init_timeout)
     if reason is None:
         return mode
     _going_offline(f"{reason}; waited {time.monotonic() - started:.1f}s")
@@ -346,11 +342,9 @@ def _no_network() -> None:
 
 def _going_offline(reason: str) -> None:
     _no_network()
-    print(
-        f"trainjob: W&B server {base_url()} unreachable ({reason}); continuing offline: every "
-        "step is kept on disk for `wandb sync`",
-        file=sys.stderr,
-        flush=True,
+    log.info(
+        f"W&B server {base_url()} unreachable ({reason}); continuing offline: every "
+        "step is kept on disk for `wandb sync`"
     )
 
 
@@ -361,7 +355,7 @@ def _wandb_settings(
         stop_fn=on_stop,
         init_timeout=settings.wandb_init_timeout,
         # wandb.init would otherwise spend up to 2 x 5 s asking the server who the key belongs
-        # to (wandb/sdk/lib/identity.py) *before* init_timeout starts; check_server() has
+        # to (wandb/sdk/lib/identity.py) *before* init_timeout starts; probe() has
         # already done that, within the job's own timeout.
         x_disable_viewer=True,
         # run.finish() waits for uploads forever by default; a server that died mid-run would
@@ -383,6 +377,6 @@ def _quiet_telemetry() -> None:
 
 def _server_answers(timeout: float) -> bool:
     try:
-        return check_server(timeout) is None
+        return probe(timeout) is None
     except ConfigError:  # the key stopped working mid-run: still "not answering" for us
         return False
