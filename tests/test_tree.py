@@ -7,6 +7,9 @@ a temporary folder, add those folders there, and run the real ruff on the copy.
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import re
 import shutil
 import subprocess
 import sys
@@ -222,3 +225,49 @@ def test_metric_names_are_spelled_in_one_module() -> None:
         if isinstance(node, ast.Constant) and node.value in names
     ]
     assert found == []
+
+
+# --- docs/architecture.md names code that exists -------------------------------------------------
+
+# `module.name` or `folder/module.Class.method` in a code span of the page's prose.
+CODE_REF = re.compile(r"`((?:[a-z_]+/)*[a-z_]+)\.([A-Za-z_][\w.]*)`")
+FILE_SUFFIXES = {"py", "json", "md", "yaml", "onnx", "env"}  # `run.json`: a file, not code
+
+
+def unresolved(text: str) -> list[str]:
+    """The ``module.name`` references in ``text`` (outside fenced blocks) that do not resolve
+    to a module of trainjob and an attribute of it; ``x.py`` must be a module's file."""
+    prose = re.sub(r"^```.*?^```", "", text, flags=re.S | re.M)
+    missing = []
+    for module, attr in CODE_REF.findall(prose):
+        if attr in FILE_SUFFIXES:
+            if attr == "py" and not any((d / f"{module}.py").exists() for d in (PACKAGE, ROOT)):
+                missing.append(f"{module}.py")
+            continue
+        name = "trainjob." + module.replace("/", ".")
+        if importlib.util.find_spec(name) is None:
+            missing.append(f"{module}.{attr}: no module {name}")
+            continue
+        target: object = importlib.import_module(name)
+        for part in attr.split("."):
+            if not hasattr(target, part):
+                missing.append(f"{module}.{attr}: no {part}")
+                break
+            target = getattr(target, part)
+    return missing
+
+
+def test_architecture_page_names_only_code_that_exists() -> None:
+    page = (ROOT / "docs" / "architecture.md").read_text()
+    assert len(CODE_REF.findall(page)) >= 20  # the page still names code to check
+    assert unresolved(page) == []
+
+
+def test_the_architecture_check_can_fail() -> None:
+    text = "`job.run` `job.no_such` `nomodule.run` `tracking/run.Tracker.nope` `gone.py` `run.json`"
+    assert unresolved(text) == [
+        "job.no_such: no no_such",
+        "nomodule.run: no module trainjob.nomodule",
+        "tracking/run.Tracker.nope: no nope",
+        "gone.py",
+    ]
