@@ -4,8 +4,8 @@
     trainjob agent                       # agent.py: = TRAINJOB_SWEEP_ID=... trainjob
     trainjob sweep run [sweep.yaml]      # local.py: offline / air-gapped, W&B's engine locally
 
-spec.py reads and checks the file; trials.py runs each trial as a process of its own; stop.py is
-what a sweep and its trials agree on to stop one (the signal, the early-termination files);
-W&B's sweep engine and W&B's sweep calls are in tracking/sweeps.py. Nothing is imported here:
-``trainjob train`` (stopping.py) needs stop.py without the rest.
+spec.py reads and checks the file; trials.py runs each trial as a process of its own;
+parallel.py says how many at once. A trial's side of a sweep's stop is the job's: the signal is
+``interrupt.STOP_SIGNAL``, offline early termination is asked in stopping.py. W&B's sweep engine
+and W&B's sweep calls are in tracking/sweeps.py.
 """

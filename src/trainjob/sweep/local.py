@@ -44,7 +44,6 @@ from ..tracking.env import resolve_mode
 from ..tracking.sync import hint
 from .parallel import SEQUENTIAL, Parallel, Slots, plan
 from .spec import TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
-from .stop import EarlyTermination
 from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
 
 # Each trial's names: set by the sweep, so not flags of `sweep run` (folders are: trials go under).
@@ -458,13 +457,13 @@ class LocalSweep:
 
     def leave_rule(self, folder: Path) -> None:
         """With ``early_terminate``: the rule and every earlier trial's per-epoch values, for
-        the trial to check at each epoch end (stop.py); without: no file."""
+        the trial to check at each epoch end (stopping.py); without: no file."""
         (folder / records.RULE_FILE).unlink(missing_ok=True)
         if "early_terminate" not in self.config:
             return
         with self.lock:
             runs = [{"name": r.point.key, "history": r.epochs} for r in self.results if r.epochs]
-        EarlyTermination.write(folder, self.config, runs)
+        records.write_rule(folder, self.config, runs)
 
     def ranked(self) -> list[Result]:
         def key(r: Result) -> tuple[int, float]:

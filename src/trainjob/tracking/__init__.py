@@ -101,7 +101,7 @@ PRIVATE: tuple[Private, ...] = (
     Private(
         "sweeps",
         "stop_runs",
-        "sweep/stop.py, sweep/spec.py",
+        "stopping.py, sweep/spec.py",
         "W&B's early termination, run locally",
         ("sweep_config", "runs"),
     ),
@@ -122,7 +122,7 @@ PRIVATE: tuple[Private, ...] = (
     Private(
         "sweeps",
         "SweepRun",
-        "sweep/stop.py, sweep/local.py",
+        "stopping.py, sweep/local.py",
         "a run as the engine sees it; sampledHistory is the alias pydantic 2 keeps",
         ("name", "state", "sampledHistory", "config", "summaryMetrics"),
     ),
