@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from ..errors import ConfigError, ExitCode, SweepGaveUp, WandbUnreachable
+from ..log import logger
 from ..settings import Settings, load_settings
 from ..tracking.env import base_url, resolve_mode
 from ..tracking.server import probe
@@ -29,6 +30,8 @@ from .trials import (
 )
 
 IMAGE = "ghcr.io/trainjob/trainjob:0.1.0"  # the image the printed agent commands use
+
+log = logger("agent")
 
 
 def agent_commands(sweep_path: str) -> list[str]:
@@ -164,7 +167,7 @@ class AgentTrial:
 
     def __call__(self) -> None:
         argv = self.argv()
-        print(f"trainjob agent: trial {os.environ.get('WANDB_RUN_ID')}: {' '.join(argv)}")
+        log.info(f"trial {os.environ.get('WANDB_RUN_ID')}: {' '.join(argv)}")
         try:
             code = self.signals.run(self.runner, argv, self.env(), stoppable=True)
         except Interrupted:
@@ -173,7 +176,7 @@ class AgentTrial:
         self.results.append(code)
         self.failures.record(code)
         what = " (stopped by the sweep)" if code == ExitCode.STOPPED else ""
-        print(f"trainjob agent: trial {os.environ.get('WANDB_RUN_ID')} exited {code}{what}")
+        log.info(f"trial {os.environ.get('WANDB_RUN_ID')} exited {code}{what}")
         if self.failures.exhausted:
             raise TooManyFailures(self.failures.message())
 
@@ -187,7 +190,7 @@ def agent(settings: Settings, argv: Sequence[str] = ()) -> int:
     check_server(settings.wandb_init_timeout)
     par = parallel.plan(settings, explicit_threads="threads" in settings.model_fields_set)
     if par.trials > 1:
-        print(f"trainjob agent: {par.why}", flush=True)
+        log.info(par.why)
         return fan_out(settings, sweep_id, par, argv)
     from ..tracking.sweeps import run_agent
 
@@ -205,7 +208,7 @@ def agent(settings: Settings, argv: Sequence[str] = ()) -> int:
         return int(ExitCode.PREEMPTED)
     if failures.exhausted:
         raise SweepGaveUp(failures.message())
-    print(f"trainjob agent: done after {len(trial.results)} trial(s)")
+    log.info(f"done after {len(trial.results)} trial(s)")
     return int(ExitCode.OK)
 
 

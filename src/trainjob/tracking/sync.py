@@ -43,10 +43,13 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import ConfigError, WandbUnreachable
+from ..log import logger
 from ..settings import env_name
 from .env import base_url, redact
 from .history import has_records
 from .server import REJECTED, probe
+
+log = logger("sync")
 
 # offline-run-<YYYYMMDD_HHMMSS>-<run id>: the timestamp has a fixed shape, so a run id that itself
 # contains dashes is still read whole.
@@ -133,7 +136,7 @@ def sync(paths: Sequence[Path], stall_s: float) -> int:
     total = sum(not all(f.synced for f in fs) for fs in runs.values())
     where = " ".join(str(p) for p in paths)
     if not total:
-        print(f"trainjob sync: nothing to upload: {folders} offline folder(s) under {where} synced")
+        log.info(f"nothing to upload: {folders} offline folder(s) under {where} synced")
         return 0
     url = base_url()
     setting = f"{env_name('sync_stall_s')}={stall_s:g}s"
@@ -156,12 +159,11 @@ def sync(paths: Sequence[Path], stall_s: float) -> int:
             if all(f.synced for f in parts):
                 uploaded += 1
                 resumed = f" ({len(parts) - 1} resumed)" if len(parts) > 1 else ""
-                print(
-                    f"trainjob sync: uploaded {fragment.run_id}: {len(parts)} folder(s){resumed}, "
-                    f"{parts[0].folder.parent}/offline-run-*-{fragment.run_id}",
-                    flush=True,
+                log.info(
+                    f"uploaded {fragment.run_id}: {len(parts)} folder(s){resumed}, "
+                    f"{parts[0].folder.parent}/offline-run-*-{fragment.run_id}"
                 )
-    print(f"trainjob sync: {uploaded} run(s) uploaded to {url}; {folders} folder(s) under {where}")
+    log.info(f"{uploaded} run(s) uploaded to {url}; {folders} folder(s) under {where}")
     return 0
 
 
