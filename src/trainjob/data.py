@@ -37,7 +37,7 @@ import torch
 
 from .errors import DataError
 from .log import logger
-from .settings import DATASETS
+from .metrics import DATASETS
 
 log = logger()
 

@@ -17,18 +17,15 @@ import re
 from collections.abc import Sequence
 from enum import Enum
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
 from .errors import ConfigError
+from .metrics import DATASETS, WATCH_LOG_CHOICES, Dataset, WatchLog
 
 ENV_PREFIX = "TRAINJOB_"
-Dataset = Literal["MNIST", "FashionMNIST", "KMNIST"]
-DATASETS: tuple[str, ...] = get_args(Dataset)
-WatchLog = Literal["gradients", "parameters", "all", "none"]  # what run.watch records
-WATCH_LOG_CHOICES: tuple[str, ...] = get_args(WatchLog)
 DATASET_CLASSES = 10  # all three torchvision datasets have ten labels
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
