@@ -15,7 +15,7 @@ import threading
 from collections.abc import Sequence
 from pathlib import Path
 
-from . import env_dirs
+from . import preflight
 from .cli import Command, parse, print_help, wants_help
 from .errors import ExitCode, as_exit_code
 from .settings import flag_names, load_settings
@@ -25,10 +25,8 @@ def dispatch(command: Command) -> int:
     """Run ``command``: ``train`` is ``preflight.main`` (each sweep trial's too); the sweep
     commands and ``sync`` import what they need once the command is known."""
     if command.name == "train":
-        from .preflight import main as train
-
-        return train(command.flags)
-    env_dirs.prepare()
+        return preflight.main(command.flags)
+    preflight.prepare()
     if command.name == "agent":
         from .sweep.agent import agent
 
