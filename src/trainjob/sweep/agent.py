@@ -7,7 +7,6 @@ back offline.
 from __future__ import annotations
 
 import os
-import signal
 import subprocess
 import sys
 from collections.abc import Sequence
@@ -21,10 +20,10 @@ from ..tracking.server import probe
 from . import parallel
 from .spec import TRIAL_COMMAND, load_sweep, read_yaml
 from .trials import (
-    FORWARDED_SIGNALS,
     FailureCounter,
     Interrupted,
     SignalForwarder,
+    Trial,
     TrialRunner,
     trial_env,
 )
@@ -222,9 +221,10 @@ def fan_out(settings: Settings, sweep_id: str, par: parallel.Parallel, argv: Seq
     share of the CPU threads and of ``sweep_count``: W&B's Python agent keeps its run's state in
     the process environment (wandb/agents/pyagent.py sets WANDB_RUN_ID and calls
     wandb.teardown per trial), so two agents cannot share a process. SIGTERM/SIGINT/SIGUSR1 go to
-    every agent (each checkpoints its trial and exits 143)."""
+    every agent through the same ``SignalForwarder`` as trials (each agent checkpoints its trial
+    and exits 143)."""
     counts = _shares(settings.sweep_count, par.trials)
-    procs = []
+    signals = SignalForwarder()
     for count in counts:
         env = dict(os.environ, **par.env())
         env["TRAINJOB_SWEEP_ID"] = sweep_id
@@ -233,22 +233,11 @@ def fan_out(settings: Settings, sweep_id: str, par: parallel.Parallel, argv: Seq
             env["TRAINJOB_SWEEP_COUNT"] = str(count)
         flags = _without(argv, ("--sweep_count", "--parallel_trials"))  # set per agent above
         cmd = [sys.executable, "-m", "trainjob", "agent", *flags]
-        procs.append(subprocess.Popen(cmd, env=env))
-    got: list[int] = []
-
-    def forward(signum: int, _frame: object) -> None:
-        got.append(signum)
-        for proc in procs:
-            if proc.poll() is None:
-                proc.send_signal(signum)
-
-    previous = {sig: signal.signal(sig, forward) for sig in FORWARDED_SIGNALS}
-    try:
-        codes = [proc.wait() for proc in procs]
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
-    return _overall(codes, bool(got))
+        signals.track(Trial(subprocess.Popen(cmd, env=env)))
+    agents = signals.trials
+    with signals.active():  # each agent forwards to its own trial in turn
+        codes = [a.wait() for a in agents]
+    return _overall(codes, signals.signal is not None)
 
 
 def _without(argv: Sequence[str], names: tuple[str, ...]) -> list[str]:
@@ -273,6 +262,7 @@ def _shares(count: int | None, n: int) -> list[int | None]:
 
 
 def _overall(codes: list[int], signalled: bool) -> int:
+    """One exit code for the agents'."""
     codes = [128 - c if c < 0 else c for c in codes]  # killed by signal N: 128 + N
     if signalled:
         return int(ExitCode.PREEMPTED)

@@ -224,7 +224,8 @@ class SignalForwarder:
         if not running and first and self.interrupt_when_idle:
             raise KeyboardInterrupt
 
-    def _track(self, trial: Trial, running: bool) -> None:
+    def track(self, trial: Trial, running: bool = True) -> None:
+        """Forward signals to ``trial`` from now on (``running``) or no longer."""
         with self._lock:
             others = tuple(t for t in self.trials if t is not trial)
             self.trials = (*others, trial) if running else others
@@ -254,7 +255,7 @@ class SignalForwarder:
         if self.signal is not None:
             raise Interrupted(self._message())
         trial = runner.start(argv, env)
-        self._track(trial, running=True)
+        self.track(trial, running=True)
         try:
             if self.signal is not None:  # it came while the trial was being started
                 trial.send(self.signal)
@@ -272,7 +273,7 @@ class SignalForwarder:
             trial.wait()
             raise
         finally:
-            self._track(trial, running=False)
+            self.track(trial, running=False)
         if self.signal is not None:
             raise Interrupted(self._message())
         return code
