@@ -23,7 +23,7 @@ from .settings import flag_names, load_settings
 
 def dispatch(command: Command) -> int:
     """Run ``command``: ``train`` is ``preflight.main`` (each sweep trial's too); the sweep
-    commands and ``sync`` import what they need once the command is known."""
+    commands, ``sync`` and ``report`` import what they need once the command is known."""
     if command.name == "train":
         return preflight.main(command.flags)
     preflight.prepare()
@@ -36,6 +36,12 @@ def dispatch(command: Command) -> int:
 
         paths = [Path(p) for p in command.paths] or [Path(os.environ.get("WANDB_DIR") or ".")]
         return sync(paths, load_settings(command.flags).sync_stall_s)
+    if command.name == "report":
+        from .report.build import report
+
+        given = [Path(p) for p in command.paths]
+        paths = given or _report_defaults(load_settings(command.flags).output_dir)
+        return report(paths, Path(command.out) if command.out else None)
     if command.name == "sweep create":
         from .sweep.agent import create
 
@@ -46,6 +52,12 @@ def dispatch(command: Command) -> int:
     options = Options(command.worker, command.workers, command.count, command.dry_run)
     settings = load_settings(command.flags)
     return run_local(command.file, settings, flag_names(command.flags), options)
+
+
+def _report_defaults(output_dir: Path) -> list[Path]:
+    """WANDB_DIR (or .), and the output folder where sweep trials leave their records."""
+    paths = [Path(os.environ.get("WANDB_DIR") or ".")]
+    return [*paths, output_dir] if output_dir.is_dir() else paths
 
 
 def main(argv: Sequence[str] | None = None) -> int:

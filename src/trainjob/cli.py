@@ -1,6 +1,7 @@
 """The command line, parsed once: which command, its own arguments, and the settings flags.
 
-    trainjob [train | agent | sync [PATH ...] | sweep create [FILE] | sweep run [FILE]]
+    trainjob [train | agent | sync [PATH ...] | report [PATH ...] | sweep create [FILE] |
+              sweep run [FILE]]
              [--FIELD V ...]
 
 ``parse`` turns argv into a ``Command``; the settings flags (``--epochs 1``) are kept verbatim,
@@ -51,6 +52,15 @@ COMMANDS = {
             "stopped after TRAINJOB_SYNC_STALL_S s without progress (exit 8)",
         ),
     ),
+    "report": Spec(
+        "[PATH ...]",
+        (
+            "write one self-contained HTML page of the runs and sweeps under PATH (default",
+            "$WANDB_DIR or ., and the output_dir): leaderboard, parallel coordinates, curves;",
+            "[--out FILE] (default: report.html in the first PATH); no network needed",
+        ),
+        (("--out", "FILE"),),
+    ),
     "sweep create": Spec("[FILE]", ("register sweep.yaml with W&B and print the agent commands",)),
     "sweep run": Spec(
         "[FILE]",
@@ -72,7 +82,8 @@ class Command:
     name: str  # a key of COMMANDS
     flags: list[str]
     file: str = DEFAULT_SWEEP_FILE  # sweep create, sweep run
-    paths: list[str] = field(default_factory=list)  # sync; none: $WANDB_DIR or .
+    paths: list[str] = field(default_factory=list)  # sync, report; none: $WANDB_DIR or .
+    out: str | None = None  # report: the page's file
     worker: int = 0  # sweep run: this worker's index ...
     workers: int = 1  # ... of this many
     count: int | None = None  # sweep run: at most this many trials
@@ -111,6 +122,7 @@ def _parser() -> argparse.ArgumentParser:
     commands = top.add_subparsers(dest="command", required=True)
     for name in ("train", "agent", "sync"):
         new(commands, name)
+    new(commands, "report").add_argument("--out", metavar="FILE", default=None)
     sweeps = new(commands, "sweep").add_subparsers(dest="sweep", required=True)
     for name in SWEEP_COMMANDS:
         sub = new(sweeps, name)
@@ -143,8 +155,8 @@ def parse(argv: Sequence[str]) -> Command:
     if name not in COMMANDS:  # said as always, not in argparse's "invalid choice" words
         shown = words + tail[:1] if tail and not tail[0].startswith("-") else words
         raise ConfigError(
-            f"unknown command {' '.join(shown)!r}; use train, agent, sync, sweep create or "
-            "sweep run"
+            f"unknown command {' '.join(shown)!r}; use train, agent, sync, report, sweep "
+            "create or sweep run"
         )
     try:
         namespace, rest = _parser().parse_known_args(args)
@@ -154,6 +166,8 @@ def parse(argv: Sequence[str]) -> Command:
     leading = len(list(itertools.takewhile(lambda a: not a.startswith("-"), tail)))
     if name == "sync":
         return Command(name, rest[leading:], paths=rest[:leading])
+    if name == "report":
+        return Command(name, rest[leading:], paths=rest[:leading], out=namespace.out)
     if not name.startswith("sweep"):
         return Command(name, rest)
     file = rest[0] if leading else DEFAULT_SWEEP_FILE

@@ -7,8 +7,9 @@ always shown (the log is an interface: people grep it, tests read it)::
 
 A job's lines go to stderr and leave stdout to its result; the commands that drive other
 processes (``sweep``, ``agent``, ``sync``) write their progress to stdout, beside their tables,
-as they always did. The handler looks ``sys.stdout``/``sys.stderr`` up at every record, so a
-redirected or captured stream is followed, and flushes every line (a pod's log shows it at once).
+as they always did, and so does ``report``. The handler looks ``sys.stdout``/``sys.stderr`` up
+at every record, so a redirected or captured stream is followed, and flushes every line (a
+pod's log shows it at once).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import logging
 import sys
 
 ROOT = "trainjob"
-_TO_STDOUT = frozenset({"sweep", "agent", "sync"})
+_TO_STDOUT = frozenset({"sweep", "agent", "sync", "report"})
 _LEVEL_WORD = {logging.WARNING: "warning: ", logging.ERROR: "error: "}
 
 

@@ -4,6 +4,7 @@
     <output_dir>/<run id>/epochs.json   the sweep metric after each epoch (EpochValues)
     <output_dir>/run.json, model.onnx   links to the latest job's files (point_latest)
     <output_dir>/early_terminate.json   a sweep trial's stopping rule (written by the driver)
+    <output_dir>/sweeps/<name>/sweep.yaml  the file of an offline sweep (its driver copies it)
     <checkpoint_dir>/<run id>/lease.json  the lease: one live job per run id (Lease)
 
 Every file is written through ``write_atomic`` (temp file, fsync, rename, fsync of the folder):
@@ -41,6 +42,7 @@ log = logger()
 RUN_RECORD = "run.json"
 EPOCHS_FILE = "epochs.json"
 RULE_FILE = "early_terminate.json"
+SWEEP_FILE = "sweep.yaml"
 LEASE_FILE = "lease.json"
 
 

@@ -251,6 +251,7 @@ class LocalSweep:
         self.maximize = (config.get("metric") or {}).get("goal", "maximize") == "maximize"
         self.name = str(config["name"])
         self.group = sweep_group(self.name, source)
+        self.source = source
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name).strip("-") or "sweep"
         self.out = settings.output_dir / "sweeps" / slug
         self.ckpt = settings.ckpt_dir / "sweeps" / slug
@@ -295,6 +296,8 @@ class LocalSweep:
         ``parallel.trials`` of them at once; then the points other live drivers held are waited
         for (``wait_for``). See docs/sweeps.md, "Several drivers on one sweep"."""
         skipped: list[Point] = []
+        if not self.opts.dry_run:  # the sweep's own file beside its trials: `trainjob report`
+            records.write_atomic(self.out / records.SWEEP_FILE, self.source)
         try:
             with Slots(self.parallel.trials, signals.check) as slots:
                 for point in self.points():

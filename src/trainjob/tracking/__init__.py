@@ -3,6 +3,7 @@
     run.py      the job's one W&B run (``Tracker``): init with an offline fallback, log, watch,
                 model artifact, finish; the traces of a run id before it starts
     history.py  a run's history continued after a restart, read from W&B's run files (.wandb)
+    runfile.py  W&B's run files (.wandb) read back: the framing, and a run's records
     watch.py    ``run.watch``'s histograms computed on the device, by W&B's own rules
     sync.py     ``trainjob sync``: offline runs uploaded with ``wandb sync``, in order, once
     server.py   ``probe``: does the W&B server answer and take the key (asked from a child)
@@ -42,8 +43,8 @@ PRIVATE: tuple[Private, ...] = (
     Private(
         "wandb.proto.wandb_internal_pb2",
         "Record",
-        "history.py",
-        "one record of a run file; trainjob reads its history step and exit code",
+        "runfile.py",
+        "one record of a run file: history, summary, config, exit code (history.py, report)",
     ),
     Private(
         "wandb.sdk.lib.wbauth.validation",
@@ -139,7 +140,7 @@ PRIVATE: tuple[Private, ...] = (
 BEHAVIOURS: tuple[str, ...] = (
     "run file: LevelDB log framing, 32 KiB blocks, a 7-byte ':W&B' header (magic 0xBEE1), "
     "history and exit records; wandb never appends to an earlier process's folder "
-    "(history.py; test_tracking_pin, test_preemption)",
+    "(runfile.py, history.py; test_tracking_pin, test_preemption, test_report)",
     "run.watch: a forward hook counts parameter calls, a tensor hook per parameter counts "
     "gradients, each firing every log_freq-th call; commit=False histograms join the open "
     "history row (watch.py; test_tracking_pin, test_watch)",

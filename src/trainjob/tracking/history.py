@@ -24,24 +24,19 @@ with their original values. Only the ``run.watch`` histograms of those rows are 
 resumed process that would be step 0 (offline) before the first row. The job therefore installs
 ``watch`` only after the first row it really logs (``History.on_first_row``).
 
-The transaction log is LevelDB's log format with a 7-byte W&B header (see wandb's
-``core/pkg/leveldb/record.go``); each record is a ``wandb_internal_pb2.Record``.
+The transaction log's format and its reader are runfile.py's.
 """
 
 from __future__ import annotations
 
-import struct
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
 from ..log import logger
+from .runfile import payloads, records
 
-_WANDB_HEADER = 7  # ":W&B", magic 0xBEE1 (uint16), version (uint8)
-_BLOCK = 32 * 1024
-_CHUNK_HEADER = 7  # crc32c (uint32), length (uint16), type (uint8)
-_FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 # Rows kept in each checkpoint. A 32 KiB block of the transaction log holds about a hundred rows
 # (each row also writes a summary record), an upload interval a few hundred: 1000 is a margin.
 KEEP_ROWS = 1000
@@ -120,28 +115,20 @@ def last_history_step(path: Path) -> int | None:
 def scan_run_file(path: Path, warn: bool = False) -> tuple[int | None, int | None]:
     """One pass over a ``.wandb`` file: (the highest history ``_step`` or None, the exit
     record's code or None). A missing or unreadable file gives (None, None)."""
-    from wandb.proto import wandb_internal_pb2
-
+    last: int | None = None
+    code: int | None = None
     try:
-        blob = path.read_bytes()
+        for record in records(path):
+            kind = record.WhichOneof("record_type")
+            if kind == "history":
+                step = record.history.step.num
+                last = step if last is None else max(last, step)
+            elif kind == "exit":
+                code = record.exit.exit_code
     except OSError as exc:
         if warn:
             log.warning(f"cannot read {path}: {exc}")
         return None, None
-    last: int | None = None
-    code: int | None = None
-    for payload in _records(blob):
-        record = wandb_internal_pb2.Record()
-        try:
-            record.ParseFromString(payload)
-        except Exception:  # a corrupt record (DecodeError): skip it, keep reading
-            continue
-        kind = record.WhichOneof("record_type")
-        if kind == "history":
-            step = record.history.step.num
-            last = step if last is None else max(last, step)
-        elif kind == "exit":
-            code = record.exit.exit_code
     return last, code
 
 
@@ -153,33 +140,4 @@ def has_records(path: Path) -> bool:
         blob = path.read_bytes()
     except OSError:
         return False
-    return next(_records(blob), None) is not None
-
-
-def _records(blob: bytes) -> Iterator[bytes]:
-    """Payloads of the complete records in a LevelDB-log-format byte string."""
-    if blob[:4] != b":W&B":
-        return
-    pos, pending = _WANDB_HEADER, b""
-    while pos + _CHUNK_HEADER <= len(blob):
-        left_in_block = _BLOCK - pos % _BLOCK
-        if left_in_block < _CHUNK_HEADER:  # the writer pads a block's tail with zeros
-            pos += left_in_block
-            continue
-        _crc, length, kind = struct.unpack_from("<IHB", blob, pos)
-        if kind == 0 and length == 0:  # a zeroed (preallocated) rest of the block
-            pos += left_in_block
-            continue
-        start, pos = pos + _CHUNK_HEADER, pos + _CHUNK_HEADER + length
-        if pos > len(blob):
-            return  # the partial record of an interrupted write
-        chunk = blob[start:pos]
-        if kind == _FULL:
-            yield chunk
-        elif kind == _FIRST:
-            pending = chunk
-        elif kind == _MIDDLE:
-            pending += chunk
-        elif kind == _LAST:
-            yield pending + chunk
-            pending = b""
+    return next(payloads(blob), None) is not None

@@ -1,0 +1,395 @@
+"""What ``trainjob report`` shows, gathered from the folders it is given: W&B's offline run folders
+(one per process; a resumed run has several) and trainjob's own records (``run.json``,
+``epochs.json`` and the sweep file ``sweep run`` leaves in its folder), joined by run id.
+
+Nothing here raises for what it finds: an unreadable, cut or damaged file becomes a note on its
+run (``Run.notes``), and a folder without a readable run file a note on the report.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from .. import metrics, records
+from ..errors import ExitCode
+from ..tracking.runfile import RunFile, read_run_file
+
+# `wandb/offline-run-<YYYYMMDD_HHMMSS>-<id>` (and `run-...` for an online run's local copy).
+RUN_FOLDER = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-([A-Za-z0-9_-]+)$")
+# Folders a walk never needs to enter: W&B's caches and per-run scratch, checkpoints.
+SKIP = {"files", "tmp", "logs", ".cache", "artifacts", "media", "node_modules", ".git"}
+
+STATES = {
+    ExitCode.OK: "finished",
+    ExitCode.STOPPED: "stopped",
+    ExitCode.PREEMPTED: "preempted",
+}
+
+
+@dataclass
+class Trial:
+    """trainjob's records of one job: its run.json (and the sweep trial folder it sits in)."""
+
+    record: records.RunRecord
+    folder: Path  # the job's output_dir (a sweep trial's own folder)
+    sweep_dir: Path | None = None  # <output_dir>/sweeps/<name>, for a sweep trial
+
+    @property
+    def epochs(self) -> list[float]:
+        folder = records.run_folder(self.folder, self.record.run_id)
+        return records.read_epoch_values(folder, metrics.TEST_ACCURACY)
+
+
+@dataclass
+class Run:
+    """One W&B run: its processes' run files, oldest first, and trainjob's record of it."""
+
+    run_id: str
+    parts: list[RunFile] = field(default_factory=list)
+    trial: Trial | None = None
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def last(self) -> RunFile | None:
+        return self.parts[-1] if self.parts else None
+
+    @property
+    def name(self) -> str:
+        named = [p.name for p in self.parts if p.name]
+        return named[-1] if named else self.run_id
+
+    @property
+    def group(self) -> str:
+        return next((p.group for p in reversed(self.parts) if p.group), "")
+
+    @property
+    def config(self) -> dict[str, Any]:
+        merged: dict[str, Any] = {}
+        for part in self.parts:
+            merged.update(part.config)
+        return merged
+
+    @property
+    def summary(self) -> dict[str, Any]:
+        merged: dict[str, Any] = dict(self.trial.record.summary) if self.trial else {}
+        for part in self.parts:
+            merged.update(part.summary)
+        return merged
+
+    @property
+    def history(self) -> list[dict[str, Any]]:
+        """Every process's rows in step order, each step once (the first process to log it)."""
+        seen: set[int] = set()
+        rows = []
+        for part in self.parts:
+            for row in part.history:
+                if row["_step"] not in seen:
+                    seen.add(row["_step"])
+                    rows.append(row)
+        return sorted(rows, key=lambda r: r["_step"])
+
+    @property
+    def exit_code(self) -> int | None:
+        """How the last process ended: its run file's exit record; else trainjob's run.json when
+        that process wrote it (it names the process's folder), as after a cut run file; else
+        None (the process is still running, or was killed)."""
+        last = self.last
+        if last is not None and last.exit_code is not None:
+            return last.exit_code
+        record = self.trial.record if self.trial else None
+        if record is None:
+            return None
+        if last is None or Path(record.run_dir or "").name == last.path.parent.name:
+            return record.exit_code
+        return None
+
+    @property
+    def state(self) -> str:
+        code = self.exit_code
+        if code is None:
+            return "running or killed"
+        if code == ExitCode.STOPPED and "early termination" in str(self.summary.get("stopped")):
+            return "stopped by hyperband"
+        return STATES.get(code, "failed")
+
+    def series(self, key: str) -> list[tuple[int, float]]:
+        """(step, value) of one scalar, e.g. ``loss`` against the examples seen."""
+        return [
+            (row["_step"], float(row[key]))
+            for row in self.history
+            if isinstance(row.get(key), int | float) and not isinstance(row.get(key), bool)
+        ]
+
+    @property
+    def epoch_values(self) -> list[float]:
+        """``test_accuracy`` after each epoch, from the history; trainjob's epochs.json when the
+        run files are missing (a trial whose W&B folder was not found)."""
+        logged = [v for _, v in self.series(metrics.TEST_ACCURACY)]
+        return logged or (self.trial.epochs if self.trial else [])
+
+    @property
+    def metric(self) -> float | None:
+        value = self.summary.get(metrics.TEST_ACCURACY)
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def wall_s(self) -> float | None:
+        times = [p.wall_s for p in self.parts if p.wall_s is not None]
+        return sum(times) if times else None
+
+    @property
+    def train_s(self) -> float | None:
+        value = self.summary.get(metrics.TRAIN_S)
+        return float(value) if isinstance(value, int | float) else None
+
+    @property
+    def onnx(self) -> Path | None:
+        """The exported model: the copy saved with the run, else the job's output file."""
+        for part in reversed(self.parts):
+            path = part.path.parent / "files" / "model.onnx"
+            if path.is_file():
+                return path
+        if self.trial is not None:
+            path = records.run_folder(self.trial.folder, self.run_id) / "model.onnx"
+            if path.is_file():
+                return path
+        return None
+
+    @property
+    def readable(self) -> bool:
+        return any(p.records for p in self.parts) or self.trial is not None
+
+
+@dataclass
+class Group:
+    """The runs of one sweep (or one W&B group, or the runs in none)."""
+
+    name: str
+    runs: list[Run]
+    sweep: dict[str, Any] | None = None  # the sweep file, when it was found
+
+    @property
+    def metric(self) -> str:
+        return str(((self.sweep or {}).get("metric") or {}).get("name") or metrics.TEST_ACCURACY)
+
+    @property
+    def maximize(self) -> bool:
+        return ((self.sweep or {}).get("metric") or {}).get("goal", "maximize") == "maximize"
+
+    @property
+    def early_terminate(self) -> dict[str, Any] | None:
+        rule = (self.sweep or {}).get("early_terminate")
+        return rule if isinstance(rule, dict) else None
+
+    @property
+    def parameters(self) -> list[str]:
+        """The swept parameters: the sweep file's that take more than one value; without the
+        file, the config keys whose values differ between the runs."""
+        if self.sweep and isinstance(self.sweep.get("parameters"), dict):
+            return [
+                name
+                for name, spec in self.sweep["parameters"].items()
+                if not (isinstance(spec, dict) and set(spec) <= {"value"})
+            ]
+        configs = [r.config for r in self.runs]
+        keys = dict.fromkeys(k for c in configs for k in c)
+        return [
+            k
+            for k in keys
+            if not any(isinstance(c.get(k), dict) for c in configs)
+            and len({json.dumps(c.get(k), sort_keys=True) for c in configs}) > 1
+        ]
+
+    def log_scale(self, name: str) -> bool:
+        spec = ((self.sweep or {}).get("parameters") or {}).get(name)
+        return isinstance(spec, dict) and "log" in str(spec.get("distribution", ""))
+
+    def ranked(self) -> list[Run]:
+        def key(run: Run) -> tuple[int, float]:
+            if run.metric is None:
+                return (1, 0.0)
+            return (0, -run.metric if self.maximize else run.metric)
+
+        return sorted(self.runs, key=key)
+
+
+@dataclass
+class Found:
+    """Everything under the report's paths."""
+
+    groups: list[Group]
+    notes: list[str] = field(default_factory=list)  # about folders, not runs
+
+    @property
+    def runs(self) -> list[Run]:
+        return [r for g in self.groups for r in g.runs]
+
+
+# --- finding -----------------------------------------------------------------------------------
+
+
+def _walk(paths: Iterable[Path]) -> Iterator[Path]:
+    """Every folder under ``paths`` that can hold a run file or a record, each once."""
+    seen: set[Path] = set()
+    for path in paths:
+        for top, dirs, _files in os.walk(path, followlinks=False):
+            here = Path(top)
+            real = here.resolve()
+            if real in seen:
+                dirs.clear()
+                continue
+            seen.add(real)
+            yield here
+            if RUN_FOLDER.match(here.name):
+                dirs.clear()  # a run folder holds no other run
+            else:
+                dirs[:] = sorted(d for d in dirs if d not in SKIP)
+
+
+def _run_files(folder: Path) -> list[Path]:
+    match = RUN_FOLDER.match(folder.name)
+    if not match:
+        return []
+    return [folder / f"run-{match[2]}.wandb"]
+
+
+def gather(paths: Iterable[Path]) -> Found:
+    """Read everything under ``paths`` into groups of runs, each run once."""
+    paths = list(paths)
+    runs: dict[str, Run] = {}
+    # run id -> {folder name: folder}: one process each, though two copies of the folder be found
+    folders: dict[str, dict[str, Path]] = {}
+    trials: list[Trial] = []
+    sweeps: dict[Path, dict[str, Any]] = {}
+    notes: list[str] = []
+    for folder in _walk(paths):
+        match = RUN_FOLDER.match(folder.name)
+        if match:
+            folders.setdefault(match[2], {}).setdefault(folder.name, folder)
+            continue
+        trial = _trial(folder)
+        if trial is not None:
+            trials.append(trial)
+        sweep = _sweep_file(folder / records.SWEEP_FILE)
+        if sweep is not None:
+            sweeps[folder.resolve()] = sweep
+    # A sweep folder given alone: its trials' W&B folders are where their run.json says.
+    for trial in trials:
+        _add_named_folders(trial, folders)
+    for run_id, found in folders.items():
+        run = runs.setdefault(run_id, Run(run_id))
+        for name in sorted(found, key=lambda n: RUN_FOLDER.match(n)[1]):  # type: ignore[index]
+            run.parts += _read_parts(found[name], run)  # oldest process first: its timestamp
+    for trial in trials:
+        run = runs.setdefault(trial.record.run_id, Run(trial.record.run_id))
+        run.trial = trial
+        if trial.sweep_dir is not None:
+            rule = records.read_json(trial.folder / records.RULE_FILE)
+            if rule and isinstance(rule.get("config"), dict):
+                sweeps.setdefault(trial.sweep_dir.resolve(), rule["config"])
+        if not run.parts:
+            run.notes.append(
+                "no W&B run folder found for it"
+                + (f" (run.json names {trial.record.run_dir})" if trial.record.run_dir else "")
+            )
+    for run in runs.values():
+        for part in run.parts:
+            if part.records and part.run_id and part.run_id != run.run_id:
+                run.notes.append(f"{part.path} holds run {part.run_id}, not {run.run_id}")
+    readable = [r for r in runs.values() if r.readable]
+    notes += [
+        f"{r.run_id}: nothing readable ({'; '.join(r.notes)})"
+        for r in runs.values()
+        if not r.readable
+    ]
+    return Found(_grouped(readable, sweeps), notes)
+
+
+def _read_parts(folder: Path, run: Run) -> list[RunFile]:
+    parts = []
+    for path in _run_files(folder):
+        if not path.exists():
+            run.notes.append(f"{folder.name}: no run file (the process died before writing one)")
+            continue
+        part = read_run_file(path)
+        if part.error:
+            run.notes.append(f"{path}: {part.error}")
+            continue
+        for problem in part.damage.describe():
+            run.notes.append(f"{folder.name}: {problem}; {part.records} record(s) read")
+        if part.records == 0 and not part.damage.describe():
+            run.notes.append(f"{folder.name}: no records yet (a process that just started)")
+        parts.append(part)
+    return parts
+
+
+def _trial(folder: Path) -> Trial | None:
+    """The job whose run.json is ``<output_dir>/<run id>/run.json`` in ``folder`` (the output
+    folder's own run.json only leads to the latest job's); a sweep trial's output_dir is
+    ``<output_dir>/sweeps/<sweep>/<trial>``."""
+    path = records.run_record_path(folder)
+    if not path.is_file() or path.is_symlink():
+        return None
+    record = records.RunRecord.read(path)
+    if record is None or not record.run_id or folder.name != record.run_id:
+        return None
+    output_dir = folder.parent
+    sweep_dir = output_dir.parent if output_dir.parent.parent.name == "sweeps" else None
+    return Trial(record, output_dir, sweep_dir)
+
+
+def _sweep_file(path: Path) -> dict[str, Any] | None:
+    try:
+        value = yaml.safe_load(path.read_text())
+    except (OSError, yaml.YAMLError, UnicodeDecodeError):
+        return None
+    return value if isinstance(value, dict) and "parameters" in value else None
+
+
+def _add_named_folders(trial: Trial, folders: dict[str, dict[str, Path]]) -> None:
+    """Every folder of the trial's run id beside the one its run.json names, unless a folder of
+    that name was found under the paths given (a copied volume: its run.json names the old
+    place)."""
+    if not trial.record.run_dir:
+        return
+    named = Path(trial.record.run_dir)
+    if not named.parent.is_dir():
+        return
+    for sibling in named.parent.glob(f"*-{trial.record.run_id}"):
+        match = RUN_FOLDER.match(sibling.name)
+        if match and match[2] == trial.record.run_id and sibling.is_dir():
+            folders.setdefault(match[2], {}).setdefault(sibling.name, sibling)
+
+
+def _grouped(runs: list[Run], sweeps: dict[Path, dict[str, Any]]) -> list[Group]:
+    """Sweeps first (by their sweep folder, else their W&B group), then groups, then the rest."""
+    by_key: dict[str, list[Run]] = {}
+    files: dict[str, dict[str, Any]] = {}
+    for run in runs:
+        sweep_dir = run.trial.sweep_dir.resolve() if run.trial and run.trial.sweep_dir else None
+        if sweep_dir is not None:
+            config = sweeps.get(sweep_dir)
+            key = str((config or {}).get("name") or sweep_dir.name)
+            if config:
+                files[key] = config
+        else:
+            key = _sweep_name(run) or run.group
+        by_key.setdefault(key, []).append(run)
+    groups = [Group(k or "runs", v, files.get(k)) for k, v in by_key.items()]
+    return sorted(groups, key=lambda g: (g.sweep is None, g.name == "runs", g.name))
+
+
+def _sweep_name(run: Run) -> str | None:
+    """A ``sweep run`` trial's sweep, from its W&B group (``<name>-<hash>``) and first tag."""
+    tags = next((p.tags for p in reversed(run.parts) if p.tags), [])
+    if tags and run.group.startswith(f"{tags[0]}-"):
+        return tags[0]
+    return None
