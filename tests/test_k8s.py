@@ -126,6 +126,17 @@ def sync_job(docs: list[dict[str, Any]]) -> dict[str, Any]:
     return job
 
 
+def claim(job: dict[str, Any]) -> str:
+    """The claim a Job mounts as its workspace volume."""
+    vols = job["spec"]["template"]["spec"]["volumes"]
+    return next(v["persistentVolumeClaim"]["claimName"] for v in vols if v["name"] == "workspace")
+
+
+def report_job(docs: list[dict[str, Any]]) -> dict[str, Any]:
+    (job,) = [j for j in of_kind(docs, "Job") if containers(j)[0]["name"] == "report"]
+    return job
+
+
 def configmap(docs: list[dict[str, Any]], name: str) -> dict[str, str]:
     (cm,) = [d for d in of_kind(docs, "ConfigMap") if d["metadata"]["name"] == name]
     return cm.get("data", {})
@@ -307,6 +318,9 @@ def test_api_key_only_from_the_secret(rendered: dict[str, list[dict[str, Any]]])
     for overlay, job in jobs(rendered):
         for c in containers(job):
             names = [e["name"] for e in c.get("env", [])]
+            if c["name"] == "report":  # reads files only, never W&B: it gets no key at all
+                assert SECRET_KEY not in names and "secretRef" not in str(c), overlay
+                continue
             assert names.count(SECRET_KEY) == 1, f"{overlay}/{c['name']}"
             (entry,) = [e for e in c["env"] if e["name"] == SECRET_KEY]
             ref = entry["valueFrom"]["secretKeyRef"]
@@ -542,13 +556,6 @@ def test_sync_job_is_bounded_suspended_and_reads_the_same_volume(
         c = containers(sync)[0]
         assert c["command"] + c["args"] == ["python", "-m", "trainjob", "sync"]
         assert {"name": "WANDB_MODE", "value": "online"} in c["env"]
-
-        def claim(job: dict[str, Any]) -> str:
-            vols = job["spec"]["template"]["spec"]["volumes"]
-            return next(
-                v["persistentVolumeClaim"]["claimName"] for v in vols if v["name"] == "workspace"
-            )
-
         assert claim(sync) == claim(train), overlay
         assert c["envFrom"] == containers(train)[0]["envFrom"], overlay  # same WANDB_DIR
         assert configmap(docs, c["envFrom"][0]["configMapRef"]["name"])["WANDB_MODE"] == "offline"
@@ -958,3 +965,15 @@ def test_offline_sweep_pod_runs_its_share(
     for run in runs:
         assert {k: run.config[k] for k in points[0]} in points
         assert run.run_info.get("run_group") == sweep_group(sweep["name"], sweep_file.read_bytes())
+
+    # The report Job, on the same claim, suspended until asked: its exact command writes the
+    # page, and only the page, to its log (`kubectl logs job/... > report.html`).
+    reporter = report_job(docs)
+    assert reporter["spec"]["suspend"] is True and claim(reporter) == claim(job)
+    report = local_pod(docs, reporter, pod_root)
+    assert report.missing_secrets == [] and report.host("/workspace") == pod.host("/workspace")
+    out = report.run(pod_root, timeout=120)
+    assert out.returncode == 0, out.stderr[-3000:]
+    assert out.stdout.startswith("<!DOCTYPE html>") and out.stdout.endswith("</html>\n")
+    assert f"Sweep: {sweep['name']}" in out.stdout
+    assert out.stdout.count("<tr data-run=") == len(runs)

@@ -57,7 +57,7 @@ COMMANDS = {
         (
             "write one self-contained HTML page of the runs and sweeps under PATH (default",
             "$WANDB_DIR or ., and the output_dir): leaderboard, parallel coordinates, curves;",
-            "[--out FILE] (default: report.html in the first PATH); no network needed",
+            "[--out FILE] (default: report.html in the first PATH; -: stdout); no network",
         ),
         (("--out", "FILE"),),
     ),

@@ -5,6 +5,7 @@ trainjob report [PATH ...] [--out FILE]
 
 from __future__ import annotations
 
+import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -40,6 +41,10 @@ def report(paths: Sequence[Path], out: Path | None) -> int:
     title = _title(found)
     stamp = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     page = render(found, title, [str(p) for p in paths], stamp)
+    if str(target) == "-":  # the page alone on stdout: `kubectl logs job/... > report.html`
+        sys.stdout.write(page)
+        sys.stdout.flush()
+        return 0
     records.write_atomic(target, page.encode())
     damaged = sum(1 for r in found.runs if r.notes)
     also = f"; {damaged} run(s) not read whole (said on the page)" if damaged else ""

@@ -240,7 +240,7 @@ def _walk(paths: Iterable[Path]) -> Iterator[Path]:
     """Every folder under ``paths`` that can hold a run file or a record, each once."""
     seen: set[Path] = set()
     for path in paths:
-        for top, dirs, _files in os.walk(path, followlinks=False):
+        for top, dirs, _files in os.walk(path.absolute(), followlinks=False):
             here = Path(top)
             real = here.resolve()
             if real in seen:

@@ -41,7 +41,10 @@ tr.hl td{background:#fff6d5}.state{padding:1px 6px;border-radius:8px;font-size:1
 .axis .label{font-size:12px;fill:#333}.tick{font-size:10px;fill:#333}.band{stroke-dasharray:4 3}
 .planned{fill:#f0f0f0}.dim .run{opacity:.12}.dim .run.hl{opacity:1;stroke-width:3}
 details{margin:4px 0}summary{cursor:pointer}pre{background:#f8f8f8;padding:8px;overflow:auto}
-.legend{font-size:12px;color:#555}
+.legend{font-size:12px;color:#555}.pair{display:grid;grid-template-columns:1fr 1fr;gap:16px}
+dl.kv{columns:3;font-size:12px;margin:0}dl.kv div{break-inside:avoid}
+dl.kv dt{display:inline;color:#666}
+dl.kv dd{display:inline;margin:0 0 0 4px;font-family:monospace;word-break:break-all}
 """
 
 # Highlight one run everywhere (rows and marks share data-run); sort a table by a header click.
@@ -76,6 +79,8 @@ SCRIPT = """
 def _fmt(value: Any, digits: int = 4) -> str:
     if value is None:
         return "-"
+    if isinstance(value, bool):
+        return json.dumps(value)
     if isinstance(value, float):
         return f"{value:.{digits}f}" if abs(value) < 1e4 else f"{value:,.0f}"
     if isinstance(value, list | dict):
@@ -178,7 +183,7 @@ def plots(group: Group) -> str:
         for r in runs
     ]
     svg = charts.line_chart(loss, metrics.LOSS, "examples seen (step)", metrics.LOSS)
-    out.append(f"<h3>Loss</h3>{svg or '<p class=meta>no loss logged</p>'}")
+    pair = [f"<div><h3>Loss</h3>{svg or '<p class=meta>no loss logged</p>'}</div>"]
     accuracy = [
         charts.Series(
             r.run_id,
@@ -192,7 +197,8 @@ def plots(group: Group) -> str:
     svg = charts.line_chart(
         accuracy, "per-epoch accuracy", "examples seen (step)", metrics.TEST_ACCURACY
     )
-    out.append(f"<h3>Test accuracy after each epoch</h3>{svg or '<p class=meta>none logged</p>'}")
+    pair.append(f"<div><h3>Test accuracy after each epoch</h3>{svg or '<p>none logged</p>'}</div>")
+    out.append(f'<div class="pair">{"".join(pair)}</div>')
     out.append(
         '<p class="legend">Colour: rank by the metric (dark = best, grey = no value); '
         "a cross marks where a trial was stopped. Point at a line or a row to pick a run out.</p>"
@@ -243,8 +249,14 @@ def hyperband(group: Group) -> str:
     return "".join(out)
 
 
-def _json(value: Any) -> str:
-    return escape(json.dumps(value, indent=1, sort_keys=True, default=str), quote=False)
+def _pairs(values: dict[str, Any]) -> str:
+    """``key value`` pairs in columns (a dict value as compact JSON)."""
+    items = "".join(
+        f"<div><dt>{escape(k)}</dt><dd>{escape(_fmt(v, 6) if isinstance(v, float) else _fmt(v))}"
+        "</dd></div>"
+        for k, v in sorted(values.items())
+    )
+    return f'<dl class="kv">{items}</dl>'
 
 
 def details(group: Group) -> str:
@@ -262,8 +274,8 @@ def details(group: Group) -> str:
             f"<p>ONNX model: <code>{onnx}</code></p>",
             f"<p>Run folders, oldest first:</p><ul>{folders or '<li>none found</li>'}</ul>",
             f'<p class="notes">Not read whole:</p><ul class="notes">{notes}</ul>' if notes else "",
-            f"<p>Config:</p><pre>{_json(run.config)}</pre>",
-            f"<p>Summary:</p><pre>{_json(summary)}</pre></details>",
+            f"<p>Config:</p>{_pairs(run.config)}",
+            f"<p>Summary:</p>{_pairs(summary)}</details>",
         ]
     return "".join(out)
 

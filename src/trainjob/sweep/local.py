@@ -296,8 +296,6 @@ class LocalSweep:
         ``parallel.trials`` of them at once; then the points other live drivers held are waited
         for (``wait_for``). See docs/sweeps.md, "Several drivers on one sweep"."""
         skipped: list[Point] = []
-        if not self.opts.dry_run:  # the sweep's own file beside its trials: `trainjob report`
-            records.write_atomic(self.out / records.SWEEP_FILE, self.source)
         try:
             with Slots(self.parallel.trials, signals.check) as slots:
                 for point in self.points():
@@ -431,6 +429,9 @@ class LocalSweep:
         self.add(result)
 
     def run_trial(self, point: Point, runner: TrialRunner, signals: SignalForwarder) -> Result:
+        # The sweep's own file beside its trials, for `trainjob report` (tiny, atomic: every
+        # trial may write it; a sweep refused before its first trial leaves nothing).
+        records.write_atomic(self.out / records.SWEEP_FILE, self.source)
         folder = self.out / point.key
         records.run_record_path(folder).unlink(missing_ok=True)
         self.leave_rule(folder)

@@ -138,15 +138,27 @@ class RunFile:
 
     @property
     def wall_s(self) -> float | None:
-        """This process's time: the exit record's runtime, else its last row's ``_runtime``."""
-        if self.runtime is not None:
-            return self.runtime
+        """This process's time: its summary's ``_runtime`` (W&B's, in seconds), else its last
+        row's, else the exit record's (whole seconds only)."""
+        runtime = self.summary.get("_runtime")
+        if isinstance(runtime, int | float):
+            return float(runtime)
         times = [row["_runtime"] for row in self.history if "_runtime" in row]
-        return float(times[-1]) if times else None
+        return float(times[-1]) if times else self.runtime
 
 
 def _key(item: Any) -> str:
     return item.key or "/".join(item.nested_key)
+
+
+def _scalar_key(item: Any) -> str | None:
+    """The item's key, or None for a histogram's: tested on the first part, before any join
+    (a run file holds tens of thousands of histogram items)."""
+    key = item.key
+    if key:
+        return None if key.startswith(HISTOGRAM_PREFIXES) else key
+    parts = item.nested_key
+    return None if parts[0].startswith(HISTOGRAM_PREFIXES) else "/".join(parts)
 
 
 def _value(text: str) -> Any:
@@ -158,8 +170,8 @@ def _value(text: str) -> Any:
 
 def _updates(items: Any, into: dict[str, Any]) -> None:
     for item in items:
-        key = _key(item)
-        if not key.startswith(HISTOGRAM_PREFIXES):
+        key = _scalar_key(item)
+        if key is not None:
             into[key] = _value(item.value_json)
 
 
@@ -175,11 +187,8 @@ def read_run_file(path: Path) -> RunFile:
     for record in found:
         kind = record.WhichOneof("record_type")
         if kind == "history":
-            row = {
-                key: _value(item.value_json)
-                for item in record.history.item
-                if not (key := _key(item)).startswith(HISTOGRAM_PREFIXES)
-            }
+            row: dict[str, Any] = {}
+            _updates(record.history.item, row)
             row["_step"] = record.history.step.num
             run.history.append(row)
         elif kind == "summary":
