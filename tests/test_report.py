@@ -159,6 +159,16 @@ def test_a_resumed_run_is_one_run_with_its_history_in_order(workspace: Path) -> 
     assert len(run.epoch_values) == 2
 
 
+def test_reading_in_several_processes_reads_the_same(workspace: Path) -> None:
+    """Many run files are read by a pool of processes (read_all): the same runs, rows, states."""
+
+    def seen(workers: int) -> list[tuple]:
+        runs = gather([workspace], workers=workers).runs
+        return sorted((r.run_id, r.state, r.metric, r.history, r.notes) for r in runs)
+
+    assert seen(2) == seen(1)
+
+
 def test_a_killed_run_shows_what_was_written(workspace: Path) -> None:
     run = next(r for r in gather([workspace]).runs if r.run_id == "killed1")
     assert run.exit_code is None and run.state == "running or killed"
@@ -278,6 +288,8 @@ def test_nothing_readable_is_one_line_and_exit_2(tmp_path: Path) -> None:
     assert not (tmp_path / "x.html").exists()
     done = report([tmp_path / "nope"], tmp_path / "x.html", tmp_path)
     assert done.returncode == 2 and "PATH='" in done.stderr and done.stderr.count("\n") == 1
+    done = run_cli(["report", str(empty), "--epochs", "x"], clean_env(tmp_path), tmp_path)
+    assert done.returncode == 2 and done.stderr.startswith("trainjob: error: --epochs=x is invalid")
 
 
 def test_an_unwritable_page_is_exit_5(workspace: Path, tmp_path: Path) -> None:

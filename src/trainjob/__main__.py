@@ -39,8 +39,8 @@ def dispatch(command: Command) -> int:
     if command.name == "report":
         from .report.build import report
 
-        given = [Path(p) for p in command.paths]
-        paths = given or _report_defaults(load_settings(command.flags).output_dir)
+        settings = load_settings(command.flags)  # a bad flag is an error here too
+        paths = [Path(p) for p in command.paths] or _report_defaults(settings.output_dir)
         return report(paths, Path(command.out) if command.out else None)
     if command.name == "sweep create":
         from .sweep.agent import create

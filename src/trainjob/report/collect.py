@@ -9,9 +9,12 @@ run (``Run.notes``), and a folder without a readable run file a note on the repo
 from __future__ import annotations
 
 import json
+import math
+import multiprocessing
 import os
 import re
 from collections.abc import Iterable, Iterator
+from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -24,6 +27,7 @@ from ..tracking.runfile import RunFile, read_run_file
 
 # `wandb/offline-run-<YYYYMMDD_HHMMSS>-<id>` (and `run-...` for an online run's local copy).
 RUN_FOLDER = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-([A-Za-z0-9_-]+)$")
+PARALLEL_FROM = 16  # run files from which reading them is worth a pool of processes
 # Folders a walk never needs to enter: W&B's caches and per-run scratch, checkpoints.
 SKIP = {"files", "tmp", "logs", ".cache", "artifacts", "media", "node_modules", ".git"}
 
@@ -137,8 +141,10 @@ class Run:
 
     @property
     def metric(self) -> float | None:
+        """The final ``test_accuracy``; None when missing or not finite (a diverged run)."""
         value = self.summary.get(metrics.TEST_ACCURACY)
-        return float(value) if isinstance(value, int | float) else None
+        ok = isinstance(value, int | float) and not isinstance(value, bool)
+        return float(value) if ok and math.isfinite(value) else None
 
     @property
     def wall_s(self) -> float | None:
@@ -239,8 +245,11 @@ class Found:
 def _walk(paths: Iterable[Path]) -> Iterator[Path]:
     """Every folder under ``paths`` that can hold a run file or a record, each once."""
     seen: set[Path] = set()
-    for path in paths:
-        for top, dirs, _files in os.walk(path.absolute(), followlinks=False):
+    for given in paths:
+        path = given.absolute()
+        if path.is_file() and RUN_FOLDER.match(path.parent.name):  # a run file: its folder
+            path = path.parent
+        for top, dirs, _files in os.walk(path, followlinks=False):
             here = Path(top)
             real = here.resolve()
             if real in seen:
@@ -254,81 +263,107 @@ def _walk(paths: Iterable[Path]) -> Iterator[Path]:
                 dirs[:] = sorted(d for d in dirs if d not in SKIP)
 
 
-def _run_files(folder: Path) -> list[Path]:
-    match = RUN_FOLDER.match(folder.name)
-    if not match:
-        return []
-    return [folder / f"run-{match[2]}.wandb"]
+@dataclass
+class _Scan:
+    """What a walk over the paths found, before any run file is read."""
+
+    # run id -> {folder name: folder}: one process each, though two copies of it be found
+    folders: dict[str, dict[str, Path]] = field(default_factory=dict)
+    trials: list[Trial] = field(default_factory=list)
+    sweeps: dict[Path, dict[str, Any]] = field(default_factory=dict)  # sweep folder -> file
+
+    def add_folder(self, run_id: str, folder: Path) -> None:
+        self.folders.setdefault(run_id, {}).setdefault(folder.name, folder)
 
 
-def gather(paths: Iterable[Path]) -> Found:
-    """Read everything under ``paths`` into groups of runs, each run once."""
-    paths = list(paths)
-    runs: dict[str, Run] = {}
-    # run id -> {folder name: folder}: one process each, though two copies of the folder be found
-    folders: dict[str, dict[str, Path]] = {}
-    trials: list[Trial] = []
-    sweeps: dict[Path, dict[str, Any]] = {}
-    notes: list[str] = []
+def _scan(paths: Iterable[Path]) -> _Scan:
+    scan = _Scan()
     for folder in _walk(paths):
         match = RUN_FOLDER.match(folder.name)
         if match:
-            folders.setdefault(match[2], {}).setdefault(folder.name, folder)
+            scan.add_folder(match[2], folder)
             continue
         trial = _trial(folder)
         if trial is not None:
-            trials.append(trial)
+            scan.trials.append(trial)
         sweep = _sweep_file(folder / records.SWEEP_FILE)
         if sweep is not None:
-            sweeps[folder.resolve()] = sweep
+            scan.sweeps[folder.resolve()] = sweep
     # A sweep folder given alone: its trials' W&B folders are where their run.json says.
-    for trial in trials:
-        _add_named_folders(trial, folders)
-    for run_id, found in folders.items():
-        run = runs.setdefault(run_id, Run(run_id))
-        for name in sorted(found, key=lambda n: RUN_FOLDER.match(n)[1]):  # type: ignore[index]
-            run.parts += _read_parts(found[name], run)  # oldest process first: its timestamp
-    for trial in trials:
-        run = runs.setdefault(trial.record.run_id, Run(trial.record.run_id))
-        run.trial = trial
-        if trial.sweep_dir is not None:
-            rule = records.read_json(trial.folder / records.RULE_FILE)
-            if rule and isinstance(rule.get("config"), dict):
-                sweeps.setdefault(trial.sweep_dir.resolve(), rule["config"])
-        if not run.parts:
-            run.notes.append(
-                "no W&B run folder found for it"
-                + (f" (run.json names {trial.record.run_dir})" if trial.record.run_dir else "")
-            )
-    for run in runs.values():
-        for part in run.parts:
-            if part.records and part.run_id and part.run_id != run.run_id:
-                run.notes.append(f"{part.path} holds run {part.run_id}, not {run.run_id}")
+    for trial in scan.trials:
+        _add_named_folders(trial, scan)
+    return scan
+
+
+def _run_file(folder: Path) -> Path:
+    return folder / f"run-{RUN_FOLDER.match(folder.name)[2]}.wandb"  # type: ignore[index]
+
+
+def read_all(files: list[Path], workers: int | None = None) -> list[RunFile]:
+    """``read_run_file`` of each file, in order; over several processes when there are many
+    (parsing is CPU-bound Python: 100 tutorial-sized runs are 200 MiB of records). Forked, so
+    the workers start with wandb's protobufs already imported."""
+    workers = workers or (min(os.cpu_count() or 1, 8) if len(files) >= PARALLEL_FROM else 1)
+    if workers <= 1:
+        return [read_run_file(f) for f in files]
+    context = multiprocessing.get_context("fork")
+    with ProcessPoolExecutor(workers, mp_context=context) as pool:
+        return list(pool.map(read_run_file, files, chunksize=max(1, len(files) // (4 * workers))))
+
+
+def gather(paths: Iterable[Path], workers: int | None = None) -> Found:
+    """Read everything under ``paths`` into groups of runs, each run once; ``workers``: the
+    processes reading run files (default: one, or every core for many files)."""
+    scan = _scan(paths)
+    runs: dict[str, Run] = {}
+    ordered = [
+        (run_id, found[name])
+        for run_id, found in scan.folders.items()
+        for name in sorted(found, key=lambda n: RUN_FOLDER.match(n)[1])  # type: ignore[index]
+    ]  # each run's processes oldest first: by the folder's timestamp
+    present = [(run_id, folder) for run_id, folder in ordered if _run_file(folder).exists()]
+    parts = read_all([_run_file(folder) for _, folder in present], workers)
+    for run_id, folder in ordered:
+        runs.setdefault(run_id, Run(run_id))
+        if not _run_file(folder).exists():
+            runs[run_id].notes.append(f"{folder.name}: no run file (died before writing one)")
+    for (run_id, folder), part in zip(present, parts, strict=True):
+        _add_part(runs[run_id], folder, part)
+    for trial in scan.trials:
+        _add_trial(runs.setdefault(trial.record.run_id, Run(trial.record.run_id)), trial, scan)
     readable = [r for r in runs.values() if r.readable]
-    notes += [
+    notes = [
         f"{r.run_id}: nothing readable ({'; '.join(r.notes)})"
         for r in runs.values()
         if not r.readable
     ]
-    return Found(_grouped(readable, sweeps), notes)
+    return Found(_grouped(readable, scan.sweeps), notes)
 
 
-def _read_parts(folder: Path, run: Run) -> list[RunFile]:
-    parts = []
-    for path in _run_files(folder):
-        if not path.exists():
-            run.notes.append(f"{folder.name}: no run file (the process died before writing one)")
-            continue
-        part = read_run_file(path)
-        if part.error:
-            run.notes.append(f"{path}: {part.error}")
-            continue
-        for problem in part.damage.describe():
-            run.notes.append(f"{folder.name}: {problem}; {part.records} record(s) read")
-        if part.records == 0 and not part.damage.describe():
-            run.notes.append(f"{folder.name}: no records yet (a process that just started)")
-        parts.append(part)
-    return parts
+def _add_part(run: Run, folder: Path, part: RunFile) -> None:
+    """One process's run file, with a note for whatever kept it from being read whole."""
+    if part.error:
+        run.notes.append(f"{part.path}: {part.error}")
+        return
+    for problem in part.damage.describe():
+        run.notes.append(f"{folder.name}: {problem}; {part.records} record(s) read")
+    if part.records == 0 and not part.damage.describe():
+        run.notes.append(f"{folder.name}: no records yet (a process that just started)")
+    if part.records and part.run_id and part.run_id != run.run_id:
+        run.notes.append(f"{part.path} holds run {part.run_id}, not {run.run_id}")
+    run.parts.append(part)
+
+
+def _add_trial(run: Run, trial: Trial, scan: _Scan) -> None:
+    """trainjob's record of the run; an older sweep's file from its trials' rule file."""
+    run.trial = trial
+    if trial.sweep_dir is not None:
+        rule = records.read_json(trial.folder / records.RULE_FILE)
+        if rule and isinstance(rule.get("config"), dict):
+            scan.sweeps.setdefault(trial.sweep_dir.resolve(), rule["config"])
+    if not run.parts:
+        named = f" (run.json names {trial.record.run_dir})" if trial.record.run_dir else ""
+        run.notes.append(f"no W&B run folder found for it{named}")
 
 
 def _trial(folder: Path) -> Trial | None:
@@ -354,7 +389,7 @@ def _sweep_file(path: Path) -> dict[str, Any] | None:
     return value if isinstance(value, dict) and "parameters" in value else None
 
 
-def _add_named_folders(trial: Trial, folders: dict[str, dict[str, Path]]) -> None:
+def _add_named_folders(trial: Trial, scan: _Scan) -> None:
     """Every folder of the trial's run id beside the one its run.json names, unless a folder of
     that name was found under the paths given (a copied volume: its run.json names the old
     place)."""
@@ -366,7 +401,7 @@ def _add_named_folders(trial: Trial, folders: dict[str, dict[str, Path]]) -> Non
     for sibling in named.parent.glob(f"*-{trial.record.run_id}"):
         match = RUN_FOLDER.match(sibling.name)
         if match and match[2] == trial.record.run_id and sibling.is_dir():
-            folders.setdefault(match[2], {}).setdefault(sibling.name, sibling)
+            scan.add_folder(match[2], sibling)
 
 
 def _grouped(runs: list[Run], sweeps: dict[Path, dict[str, Any]]) -> list[Group]:
