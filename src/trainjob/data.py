@@ -28,13 +28,13 @@ import hashlib
 import json
 import os
 import struct
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import records
 from .errors import DataError
 from .log import logger
 from .metrics import DATASETS
@@ -229,9 +229,9 @@ def _gunzip(packed: bytes, source: Path, base: str, place: Path) -> bytes:
 class Cache:
     """Unpacked .gz files, ``<dir>/<Name>/<file>.<md5 of the .gz>``, each beside a JSON marker
     recording the dataset, the file, the .gz's MD5 and the MD5 and SHA-256 of the unpacked
-    bytes. Writes are a private temp file + ``os.replace``, so concurrent jobs never see half a
-    file; a reader re-hashes what it reads, so a damaged or mismatched copy is unpacked again,
-    never used."""
+    bytes. Writes are ``records.replacing`` (a private temp file + ``os.replace``), so concurrent
+    jobs never see half a file; a reader re-hashes what it reads, so a damaged or mismatched
+    copy is unpacked again, never used."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -276,14 +276,10 @@ class Cache:
             "size": len(blob),
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             for target, content in ((path, blob), (marker, json.dumps(record).encode())):
-                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-                try:
+                # Not fsync'd: a reader re-hashes what it reads (a lost write is unpacked again).
+                with records.replacing(target, durable=False) as tmp:
                     tmp.write_bytes(content)
-                    os.replace(tmp, target)
-                finally:
-                    tmp.unlink(missing_ok=True)
         except OSError as exc:
             self.writable = False  # say it once per load, keep training from memory
             log.warning(
