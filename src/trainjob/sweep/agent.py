@@ -25,6 +25,7 @@ from .trials import (
     SignalForwarder,
     Trial,
     TrialRunner,
+    exit_status,
     trial_env,
 )
 
@@ -263,7 +264,7 @@ def _shares(count: int | None, n: int) -> list[int | None]:
 
 def _overall(codes: list[int], signalled: bool) -> int:
     """One exit code for the agents'."""
-    codes = [128 - c if c < 0 else c for c in codes]  # killed by signal N: 128 + N
+    codes = [exit_status(c) for c in codes]
     if signalled:
         return int(ExitCode.PREEMPTED)
     for wanted in _FIRST:

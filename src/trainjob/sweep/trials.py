@@ -29,7 +29,7 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import ExitCode, TrainjobError
-from ..interrupt import STOP_SIGNAL
+from ..interrupt import PREEMPT_SIGNALS, STOP_SIGNAL
 from ..settings import Scope, env_name, fields_in
 from .spec import TRIAL_COMMAND
 
@@ -65,7 +65,6 @@ PRELOAD = (
     "trainjob.interrupt",
     "trainjob.tracking.sweeps",  # W&B's engine: offline early termination asks it per epoch
 )
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 POLL_S = 0.5
 # A forked trial's exit code comes from the fork server through its sentinel, read once by
 # whichever ``poll`` gets there first; another reader at the same moment gets EOF and records 255
@@ -232,7 +231,7 @@ class SignalForwarder:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[SignalForwarder]:
-        for sig in FORWARDED_SIGNALS:
+        for sig in PREEMPT_SIGNALS:  # forwarded: what would preempt a job preempts its trials
             self._previous[sig] = signal.signal(sig, self._handle)
         try:
             yield self
