@@ -21,16 +21,12 @@ import torch
 from torch import nn
 
 from . import records
-from .errors import TrainjobError
+from .errors import ExportError
 
 # max |onnxruntime - torch| on a test batch, relative to the largest logit when that is > 1:
 # measured ~3e-7 in fp32 for normal logits; a run at learning rate 10 has logits ~1e6-1e7 and
 # differs by ~30 in absolute terms, which is fp32 rounding, not a broken export.
 PARITY_TOLERANCE = 1e-4
-
-
-class ExportError(TrainjobError):
-    """The exported model is invalid or disagrees with torch (a bug, hence exit 1)."""
 
 
 def export_onnx(

@@ -12,7 +12,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ConfigError, ExitCode, SweepGaveUp, WandbUnreachable
+from ..errors import ConfigError, ExitCode, Interrupted, SweepGaveUp, WandbUnreachable
 from ..log import logger
 from ..settings import Settings, load_settings
 from ..tracking.env import base_url, resolve_mode
@@ -21,7 +21,6 @@ from . import parallel
 from .spec import TRIAL_COMMAND, load_sweep, read_yaml
 from .trials import (
     FailureCounter,
-    Interrupted,
     SignalForwarder,
     Trial,
     TrialRunner,

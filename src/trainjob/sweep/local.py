@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics, records
-from ..errors import ConfigError, ExitCode, SweepGaveUp
+from ..errors import ConfigError, ExitCode, Interrupted, SweepGaveUp
 from ..log import logger
 from ..settings import Scope, Settings, env_name, fields_in
 from ..tracking.env import resolve_mode
 from ..tracking.sync import hint
 from .parallel import SEQUENTIAL, Parallel, Slots, plan
 from .spec import TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
-from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
+from .trials import FailureCounter, SignalForwarder, TrialRunner, trial_env
 
 # Each trial's names: set by the sweep, so not flags of `sweep run` (folders are: trials go under).
 PER_TRIAL_FIELDS = fields_in(Scope.IDENTITY)

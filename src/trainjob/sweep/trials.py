@@ -28,7 +28,7 @@ from multiprocessing import connection, forkserver
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExitCode, TrainjobError
+from ..errors import ExitCode, Interrupted
 from ..interrupt import PREEMPT_SIGNALS, STOP_SIGNAL
 from ..settings import Scope, env_name, fields_in
 from .spec import TRIAL_COMMAND
@@ -186,13 +186,6 @@ class TrialRunner:
         with _STATUS_LOCK:  # start() polls every other child (see _STATUS_LOCK)
             proc.start()
         return Trial(proc)
-
-
-class Interrupted(TrainjobError):
-    """The sweep process got SIGTERM/SIGINT/SIGUSR1: the running trial was told to checkpoint
-    and stop, and no further trial starts."""
-
-    exit_code = ExitCode.PREEMPTED
 
 
 class SignalForwarder:
