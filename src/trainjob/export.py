@@ -22,6 +22,7 @@ from torch import nn
 
 from . import records
 from .errors import ExportError
+from .model import unwrap
 
 # max |onnxruntime - torch| on a test batch, relative to the largest logit when that is > 1:
 # measured ~3e-7 in fp32 for normal logits; a run at learning rate 10 has logits ~1e6-1e7 and
@@ -59,7 +60,7 @@ def _portable_copy(model: nn.Module) -> nn.Module:
     hooks (W&B's ``run.watch``, the watcher) would count the exporter's forward calls, which
     only the first job of an architecture makes now: without them a job's histograms do not
     depend on what the cache holds."""
-    cpu_model = copy.deepcopy(getattr(model, "_orig_mod", model)).float().cpu().eval()
+    cpu_model = copy.deepcopy(unwrap(model)).float().cpu().eval()
     for module in cpu_model.modules():
         # The dicts nn.Module.register_forward(_pre)_hook fills (torch/nn/modules/module.py);
         # a copy has no handles to remove them by.
@@ -208,7 +209,7 @@ def check_onnx(model: nn.Module, path: Path, batch: torch.Tensor) -> float:
     import onnx
 
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    cpu_model = copy.deepcopy(getattr(model, "_orig_mod", model)).float().cpu().eval()
+    cpu_model = copy.deepcopy(unwrap(model)).float().cpu().eval()
     diff, tolerance = _parity(cpu_model, str(path), batch)
     if not diff <= tolerance:
         raise ExportError(
