@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
 
@@ -172,6 +173,27 @@ def test_makefile_exports_no_trainjob_variable() -> None:
     exported = [line for line in makefile.splitlines() if line.startswith("export ")]
     assert exported, "the Makefile exports the real-MNIST folder for the tests"
     assert not [line for line in exported if "TRAINJOB_" in line], exported
+
+
+ENV_WORD = re.compile(r"\bTRAINJOB_[A-Z0-9]\w*")
+
+
+def test_every_variable_the_code_names_is_a_setting() -> None:
+    """Code builds a setting's variable with ``settings.env_name``; a message, comment or
+    docstring that spells one out (the loop modules cannot import settings.py) must still name a
+    field, or a renamed field leaves a hint pointing at a variable that is refused."""
+    known = {env_name(name) for name in Settings.model_fields}
+    example = {"TRAINJOB_EPOCS"}  # check_unknown_env's docstring: the typo it refuses
+    found = {
+        f"{path.relative_to(SRC)}: {word}"
+        for path in sorted((SRC / "trainjob").rglob("*.py"))
+        for word in ENV_WORD.findall(path.read_text())
+        if word not in known | example
+    }
+    assert found == set()
+    assert ENV_WORD.findall("TRAINJOB_EPOCHS=1, TRAINJOB_* and TRAINJOB_<NAME>") == [
+        "TRAINJOB_EPOCHS"
+    ]
 
 
 def test_every_field_is_classified_once_and_the_lists_follow() -> None:
