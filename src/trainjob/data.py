@@ -35,9 +35,9 @@ from pathlib import Path
 import torch
 
 from . import records
+from .choices import DATASET_CLASSES, DATASETS
 from .errors import DataError
 from .log import logger
-from .metrics import DATASETS
 
 log = logger()
 
@@ -46,7 +46,6 @@ RAW_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 ALL_FILES = (*RAW_FILES["train"], *RAW_FILES["test"])
-CLASSES = 10  # labels of all three datasets are 0-9
 
 # IDX headers (yann.lecun.com/exdb/mnist): magic 0x00000803 = uint8 with 3 dimensions (images
 # N x 28 x 28), 0x00000801 = uint8 with 1 dimension (labels N).
@@ -403,10 +402,10 @@ def load(
                 f"({y.shape[0]} labels) do not match; put the original pair of .gz files "
                 f"into {place} (TRAINJOB_DATA_DIR)"
             )
-        if len(y) and int(y.max()) >= CLASSES:
+        if len(y) and int(y.max()) >= DATASET_CLASSES:
             raise DataError(
                 f"data file {sources[labels]} has label {int(y.max())}; {name} labels are "
-                f"0-{CLASSES - 1}: " + _replace_hint(place, labels)
+                f"0-{DATASET_CLASSES - 1}: " + _replace_hint(place, labels)
             )
         splits[split] = Split(
             x[::data_slice].unsqueeze(1).contiguous(), y[::data_slice].to(torch.int64)

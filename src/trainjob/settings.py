@@ -22,11 +22,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from .choices import DATASET_CLASSES, DATASETS, WATCH_LOG_CHOICES, Dataset, WatchLog
 from .errors import ConfigError
-from .metrics import DATASETS, WATCH_LOG_CHOICES, Dataset, WatchLog
 
 ENV_PREFIX = "TRAINJOB_"
-DATASET_CLASSES = 10  # all three torchvision datasets have ten labels
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
