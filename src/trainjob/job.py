@@ -18,6 +18,7 @@ from torch import nn
 
 from . import checkpoint, data, export, identity, metrics, records, runtime
 from .data import Data
+from .epoch_end import EpochEnd
 from .errors import ConfigError, ExitCode, Preempted, StorageError, TrainjobError, TrialStopped
 from .identity import Claim
 from .interrupt import Interrupt
@@ -26,7 +27,6 @@ from .model import ConvNet
 from .progress import display
 from .settings import Settings
 from .step import LoopConfig
-from .stopping import EpochEnd
 from .tracking import run as tracking
 from .tracking.history import History, history_floor
 from .tracking.watch import Watcher

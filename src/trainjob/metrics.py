@@ -13,7 +13,7 @@ EPOCH = "epoch"
 LOSS = "loss"
 LOSS_MEAN = "train/loss_mean"
 SAMPLES_PER_S = "perf/samples_per_s"
-# History once per epoch (stopping.py) and in the summary (job.py).
+# History once per epoch (epoch_end.py) and in the summary (job.py).
 TEST_ACCURACY = "test_accuracy"
 # Summary only (job.py).
 TRAIN_S = "perf/train_s"  # seconds in the training loop, over every process of the run

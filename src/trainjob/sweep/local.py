@@ -457,7 +457,7 @@ class LocalSweep:
 
     def leave_rule(self, folder: Path) -> None:
         """With ``early_terminate``: the rule and every earlier trial's per-epoch values, for
-        the trial to check at each epoch end (stopping.py); without: no file."""
+        the trial to check at each epoch end (epoch_end.py); without: no file."""
         (folder / records.RULE_FILE).unlink(missing_ok=True)
         if "early_terminate" not in self.config:
             return

@@ -60,7 +60,7 @@ PRELOAD = (
     "trainjob.train",
     "trainjob.model",
     "trainjob.runtime",
-    "trainjob.stopping",
+    "trainjob.epoch_end",
     "trainjob.preflight",
     "trainjob.interrupt",
     "trainjob.tracking.sweeps",  # W&B's engine: offline early termination asks it per epoch
