@@ -58,7 +58,7 @@ def writable_dirs(settings: Settings) -> dict[str, Path]:
     folder) and the temp folder."""
     dirs = {
         env_name("output_dir"): settings.output_dir,
-        env_name("checkpoint_dir"): settings.ckpt_dir,
+        env_name("checkpoint_dir"): settings.checkpoint_root,
         "WANDB_DIR": Path(os.environ.get("WANDB_DIR") or "."),
     }
     for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "TMPDIR"):

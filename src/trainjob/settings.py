@@ -300,7 +300,9 @@ class Settings(BaseSettings):
         return self.project or os.environ.get("WANDB_PROJECT") or "pytorch-demo"
 
     @property
-    def ckpt_dir(self) -> Path:
+    def checkpoint_root(self) -> Path:
+        """``checkpoint_dir``, resolved: the folder that holds one folder per run id (a job's
+        own is ``identity.Claim.checkpoint_folder``)."""
         assert self.checkpoint_dir is not None  # set by the validator above
         return self.checkpoint_dir
 

@@ -148,7 +148,7 @@ class AgentTrial:
             os.environ,
             **{
                 env_name("output_dir"): str(self.settings.output_dir / "sweeps" / sweep / run),
-                env_name("checkpoint_dir"): str(self.settings.ckpt_dir),
+                env_name("checkpoint_dir"): str(self.settings.checkpoint_root),
             },
         )
 

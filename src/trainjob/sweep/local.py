@@ -253,7 +253,7 @@ class LocalSweep:
         self.group = sweep_group(self.name, source)
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name).strip("-") or "sweep"
         self.out = settings.output_dir / "sweeps" / slug
-        self.ckpt = settings.ckpt_dir / "sweeps" / slug
+        self.ckpt = settings.checkpoint_root / "sweeps" / slug
         self.base_env = base_env
         self.results: list[Result] = []
         self.failures = FailureCounter(settings.max_consecutive_failures)
