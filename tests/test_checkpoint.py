@@ -220,8 +220,9 @@ def test_every_run_id_gets_its_own_checkpoint_folder(monkeypatch, tmp_path: Path
     settings = Settings(checkpoint_dir=tmp_path, output_dir=tmp_path / "out", run_id="mine")
     claim = identity.claim(settings, "disabled")
     claim.lease.release()
-    assert claim.ckpt_dir == tmp_path / "mine"  # a plain job: its run id's folder
+    assert claim.checkpoint_folder == tmp_path / "mine"  # a plain job: its run id's folder
     monkeypatch.setenv("WANDB_SWEEP_ID", "sweep9")
     claim = identity.claim(settings, "disabled")
     claim.lease.release()
-    assert claim.ckpt_dir == tmp_path / "abc123"  # a (requeued) W&B sweep trial: the agent's id
+    # A (requeued) W&B sweep trial: the agent's id.
+    assert claim.checkpoint_folder == tmp_path / "abc123"

@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 from pathlib import Path
+from typing import Annotated
 
 import pytest
 from helpers import SRC, clean_env, run_cli
+from pydantic import BaseModel
 
 from trainjob.cli import Command, parse
 from trainjob.errors import ConfigError
-from trainjob.settings import Settings, env_name, load_settings
+from trainjob.settings import Scope, Settings, env_name, load_settings
 
 
 @pytest.fixture(autouse=True)
@@ -174,18 +177,57 @@ def test_makefile_exports_no_trainjob_variable() -> None:
     assert not [line for line in exported if "TRAINJOB_" in line], exported
 
 
+ENV_WORD = re.compile(r"\bTRAINJOB_[A-Z0-9]\w*")
+
+
+def test_every_variable_the_code_names_is_a_setting() -> None:
+    """Code builds a setting's variable with ``settings.env_name``; a message, comment or
+    docstring that spells one out (the loop modules cannot import settings.py) must still name a
+    field, or a renamed field leaves a hint pointing at a variable that is refused."""
+    known = {env_name(name) for name in Settings.model_fields}
+    example = {"TRAINJOB_EPOCS"}  # check_unknown_env's docstring: the typo it refuses
+    found = {
+        f"{path.relative_to(SRC)}: {word}"
+        for path in sorted((SRC / "trainjob").rglob("*.py"))
+        for word in ENV_WORD.findall(path.read_text())
+        if word not in known | example
+    }
+    assert found == set()
+    assert ENV_WORD.findall("TRAINJOB_EPOCHS=1, TRAINJOB_* and TRAINJOB_<NAME>") == [
+        "TRAINJOB_EPOCHS"
+    ]
+
+
+def _marked_twice(model: type[BaseModel]) -> list[str]:
+    """The fields of ``model`` that carry more than one Scope mark (``scope_of`` would take the
+    first and silently drop the other)."""
+    return [
+        name
+        for name, info in model.model_fields.items()
+        if sum(isinstance(mark, Scope) for mark in info.metadata) > 1
+    ]
+
+
+class _TwoScopes(BaseModel):
+    both: Annotated[int, Scope.RUNTIME, Scope.SWEEP] = 0
+    one: Annotated[int, Scope.PLACE] = 0
+    none: int = 0
+
+
 def test_every_field_is_classified_once_and_the_lists_follow() -> None:
     """Each field's scope is declared on the field; the W&B config, the sweep checks and the
     trial environment are derived from it, so a new field cannot be classified in one place and
     forgotten in another."""
-    from trainjob.settings import Scope, fields_in, scope_of
+    from trainjob.settings import fields_in, scope_of
     from trainjob.sweep.local import PER_TRIAL_FIELDS
     from trainjob.sweep.spec import MANAGED_FIELDS
     from trainjob.sweep.trials import SWEEP_ONLY_ENV
 
+    assert _marked_twice(_TwoScopes) == ["both"]  # the check below can fail
+    assert _marked_twice(Settings) == []  # each field carries at most one mark: one scope
     every = list(Settings.model_fields)
     by_scope = {scope: fields_in(scope) for scope in Scope}
-    assert sorted(sum(by_scope.values(), ())) == sorted(every)  # each field in exactly one
+    assert sorted(sum(by_scope.values(), ())) == sorted(every)  # fields_in lists every field
     assert by_scope[Scope.IDENTITY] == ("run_name", "group", "run_id", "tags")
     assert set(by_scope[Scope.SWEEP]) == {
         "sweep_id",

@@ -15,6 +15,7 @@ from helpers import ROOT, clean_env, run_cli
 
 from trainjob.__main__ import main
 from trainjob.cli import parse
+from trainjob.errors import Interrupted
 from trainjob.settings import Settings, load_settings
 from trainjob.sweep.local import (
     Options,
@@ -34,7 +35,6 @@ from trainjob.sweep.spec import (
 )
 from trainjob.sweep.trials import (
     FailureCounter,
-    Interrupted,
     SignalForwarder,
     TrialRunner,
     exit_status,

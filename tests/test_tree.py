@@ -227,6 +227,38 @@ def test_metric_names_are_spelled_in_one_module() -> None:
     assert found == []
 
 
+def _error_classes_in(source: str, family: set[str]) -> list[str]:
+    """The classes ``source`` defines on a base named in ``family``."""
+    import ast
+
+    return [
+        node.name
+        for node in ast.walk(ast.parse(source))
+        if isinstance(node, ast.ClassDef)
+        and any(ast.unparse(base).rpartition(".")[2] in family for base in node.bases)
+    ]
+
+
+def test_exceptions_with_exit_codes_are_defined_in_errors() -> None:
+    """Every exception that ends a command with an exit code is a class of trainjob.errors,
+    next to the codes the Kubernetes podFailurePolicy and the README's table rely on."""
+    from trainjob import errors
+
+    family = {
+        name
+        for name, value in vars(errors).items()
+        if isinstance(value, type) and issubclass(value, errors.TrainjobError)
+    }
+    assert _error_classes_in("class Gone(errors.StorageError): ...", family) == ["Gone"]
+    found = {
+        name: classes
+        for name, path in MODULES.items()
+        if name != "trainjob.errors"
+        if (classes := _error_classes_in(path.read_text(), family))
+    }
+    assert found == {}
+
+
 # --- docs/architecture.md names code that exists -------------------------------------------------
 
 # `module.name` or `folder/module.Class.method` in a code span of the page's prose.

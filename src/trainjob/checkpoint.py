@@ -28,6 +28,7 @@ import torch
 from .errors import StorageError
 from .interrupt import Interrupt
 from .log import logger
+from .model import unwrap
 from .records import write_atomic
 from .train import Hook, Progress
 
@@ -106,7 +107,7 @@ def weights_sha256(model: torch.nn.Module) -> str:
     uninterrupted one (and two runs' models compared without loading them).
     """
     digest = hashlib.sha256()
-    state = getattr(model, "_orig_mod", model).state_dict()
+    state = unwrap(model).state_dict()
     for name in sorted(state):
         tensor = state[name].detach().cpu().contiguous()
         digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)};".encode())
@@ -139,7 +140,7 @@ def restore(
     """Model and optimizer from ``state``; returns the saved ``Progress``. The RNG is restored
     separately, by ``restore_rng(state["rng"])`` right before the loop, so that nothing run
     during setup (W&B, the data loader) can consume random numbers in between."""
-    getattr(model, "_orig_mod", model).load_state_dict(state["model"])
+    unwrap(model).load_state_dict(state["model"])
     optimizer.load_state_dict(state["optimizer"])
     return Progress(**state["progress"])
 
@@ -204,7 +205,7 @@ class Checkpointer(Hook):
 
     def save(self, progress: Progress) -> Path:
         self.directory.mkdir(parents=True, exist_ok=True)
-        model = getattr(self.model, "_orig_mod", self.model)
+        model = unwrap(self.model)
         state = {
             "version": 1,
             "progress": progress.state_dict(),

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from .errors import ConfigError
-from .settings import ENV_PREFIX, Settings, env_name
+from .settings import Settings, env_name
 
 INDEX_ENV = "JOB_COMPLETION_INDEX"  # set by Kubernetes in every pod of an Indexed Job
 COUNT_ENV = "JOB_COMPLETIONS"  # set by our manifest to the Job's spec.completions
@@ -148,7 +148,7 @@ def parse(argv: Sequence[str]) -> Command:
     args = list(argv)
     words = command_words(args)
     if not words:
-        words = ["agent" if os.environ.get(f"{ENV_PREFIX}SWEEP_ID") else "train"]
+        words = ["agent" if os.environ.get(env_name("sweep_id")) else "train"]
         args = words + args
     tail = args[len(words) :]
     name = " ".join(words)

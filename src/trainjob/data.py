@@ -28,16 +28,16 @@ import hashlib
 import json
 import os
 import struct
-import uuid
 import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
+from . import records
+from .choices import DATASET_CLASSES, DATASETS
 from .errors import DataError
 from .log import logger
-from .metrics import DATASETS
 
 log = logger()
 
@@ -46,7 +46,6 @@ RAW_FILES = {
     "test": ("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
 }
 ALL_FILES = (*RAW_FILES["train"], *RAW_FILES["test"])
-CLASSES = 10  # labels of all three datasets are 0-9
 
 # IDX headers (yann.lecun.com/exdb/mnist): magic 0x00000803 = uint8 with 3 dimensions (images
 # N x 28 x 28), 0x00000801 = uint8 with 1 dimension (labels N).
@@ -229,9 +228,9 @@ def _gunzip(packed: bytes, source: Path, base: str, place: Path) -> bytes:
 class Cache:
     """Unpacked .gz files, ``<dir>/<Name>/<file>.<md5 of the .gz>``, each beside a JSON marker
     recording the dataset, the file, the .gz's MD5 and the MD5 and SHA-256 of the unpacked
-    bytes. Writes are a private temp file + ``os.replace``, so concurrent jobs never see half a
-    file; a reader re-hashes what it reads, so a damaged or mismatched copy is unpacked again,
-    never used."""
+    bytes. Writes are ``records.replacing`` (a private temp file + ``os.replace``), so concurrent
+    jobs never see half a file; a reader re-hashes what it reads, so a damaged or mismatched
+    copy is unpacked again, never used."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
@@ -276,14 +275,10 @@ class Cache:
             "size": len(blob),
         }
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
             for target, content in ((path, blob), (marker, json.dumps(record).encode())):
-                tmp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
-                try:
+                # Not fsync'd: a reader re-hashes what it reads (a lost write is unpacked again).
+                with records.replacing(target, durable=False) as tmp:
                     tmp.write_bytes(content)
-                    os.replace(tmp, target)
-                finally:
-                    tmp.unlink(missing_ok=True)
         except OSError as exc:
             self.writable = False  # say it once per load, keep training from memory
             log.warning(
@@ -407,10 +402,10 @@ def load(
                 f"({y.shape[0]} labels) do not match; put the original pair of .gz files "
                 f"into {place} (TRAINJOB_DATA_DIR)"
             )
-        if len(y) and int(y.max()) >= CLASSES:
+        if len(y) and int(y.max()) >= DATASET_CLASSES:
             raise DataError(
                 f"data file {sources[labels]} has label {int(y.max())}; {name} labels are "
-                f"0-{CLASSES - 1}: " + _replace_hint(place, labels)
+                f"0-{DATASET_CLASSES - 1}: " + _replace_hint(place, labels)
             )
         splits[split] = Split(
             x[::data_slice].unsqueeze(1).contiguous(), y[::data_slice].to(torch.int64)

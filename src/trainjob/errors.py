@@ -74,6 +74,13 @@ class Preempted(TrainjobError):
     exit_code = ExitCode.PREEMPTED
 
 
+class Interrupted(TrainjobError):
+    """A sweep process (``trainjob agent``, ``sweep run``) got SIGTERM/SIGINT/SIGUSR1: the running
+    trial was told to checkpoint and stop, and no further trial starts."""
+
+    exit_code = ExitCode.PREEMPTED
+
+
 class TrialStopped(TrainjobError):
     """The sweep stopped this trial between two steps: the run is closed, no checkpoint kept."""
 
@@ -86,6 +93,12 @@ class SweepGaveUp(TrainjobError):
 
 class WandbUnreachable(TrainjobError):
     exit_code = ExitCode.WANDB_UNREACHABLE
+
+
+class ExportError(TrainjobError):
+    """The exported model is invalid or disagrees with torch (a bug, hence exit 1)."""
+
+    exit_code = ExitCode.CRASHED
 
 
 def as_exit_code(body: Callable[[], int]) -> int:

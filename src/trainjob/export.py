@@ -13,6 +13,7 @@ import os
 import tempfile
 import warnings
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -20,16 +21,13 @@ import torch
 from torch import nn
 
 from . import records
-from .errors import StorageError, TrainjobError
+from .errors import ExportError
+from .model import unwrap
 
 # max |onnxruntime - torch| on a test batch, relative to the largest logit when that is > 1:
 # measured ~3e-7 in fp32 for normal logits; a run at learning rate 10 has logits ~1e6-1e7 and
 # differs by ~30 in absolute terms, which is fp32 rounding, not a broken export.
 PARITY_TOLERANCE = 1e-4
-
-
-class ExportError(TrainjobError):
-    """The exported model is invalid or disagrees with torch (a bug, hence exit 1)."""
 
 
 def export_onnx(
@@ -48,23 +46,12 @@ def export_onnx(
     """
     cpu_model = _portable_copy(model)
     sample = sample.float().cpu().contiguous()
-    payload = _from_template(cpu_model, sample, exporter, cache_dir) if cache_dir else None
-    if payload is not None:
-        records.write_atomic(path, payload)  # StorageError (exit 5), the previous file kept
-        return
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        _export(cpu_model, sample, tmp, exporter)
-        with open(tmp, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except OSError as exc:  # disk full (ENOSPC), file size limit (EFBIG), read-only folder
-        with contextlib.suppress(OSError):
-            tmp.unlink(missing_ok=True)
-        raise StorageError(
-            f"could not write {path}: {exc.strerror or exc}; the previous file is kept"
-        ) from None
+    blob = _from_template(cpu_model, sample, exporter, cache_dir) if cache_dir else None
+    # StorageError (exit 5) when it cannot be written, the previous file kept; without a
+    # template that takes these weights the exporter writes the temp file itself.
+    records.write_atomic(
+        path, blob if blob is not None else partial(_export, cpu_model, sample, exporter=exporter)
+    )
 
 
 def _portable_copy(model: nn.Module) -> nn.Module:
@@ -73,7 +60,7 @@ def _portable_copy(model: nn.Module) -> nn.Module:
     hooks (W&B's ``run.watch``, the watcher) would count the exporter's forward calls, which
     only the first job of an architecture makes now: without them a job's histograms do not
     depend on what the cache holds."""
-    cpu_model = copy.deepcopy(getattr(model, "_orig_mod", model)).float().cpu().eval()
+    cpu_model = copy.deepcopy(unwrap(model)).float().cpu().eval()
     for module in cpu_model.modules():
         # The dicts nn.Module.register_forward(_pre)_hook fills (torch/nn/modules/module.py);
         # a copy has no handles to remove them by.
@@ -222,7 +209,7 @@ def check_onnx(model: nn.Module, path: Path, batch: torch.Tensor) -> float:
     import onnx
 
     onnx.checker.check_model(onnx.load(str(path)), full_check=True)
-    cpu_model = copy.deepcopy(getattr(model, "_orig_mod", model)).float().cpu().eval()
+    cpu_model = copy.deepcopy(unwrap(model)).float().cpu().eval()
     diff, tolerance = _parity(cpu_model, str(path), batch)
     if not diff <= tolerance:
         raise ExportError(

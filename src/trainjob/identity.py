@@ -43,13 +43,13 @@ class Claim:
     resumes from (None for a new training)."""
 
     run_id: str
-    ckpt_dir: Path
+    checkpoint_folder: Path  # <checkpoint_root>/<run id>: this run's checkpoints and its lease
     lease: records.Lease
     state: dict[str, Any] | None
 
 
-def lease_path(ckpt_root: Path, run_id: str) -> Path:
-    return ckpt_root / run_id / records.LEASE_FILE
+def lease_path(checkpoint_root: Path, run_id: str) -> Path:
+    return checkpoint_root / run_id / records.LEASE_FILE
 
 
 def claim(settings: Settings, mode: str) -> Claim:
@@ -57,7 +57,7 @@ def claim(settings: Settings, mode: str) -> Claim:
     Raises RunInUse (9), ConfigError (2) or HistoryWithoutCheckpoint (10)."""
     from . import checkpoint
 
-    root = settings.ckpt_dir
+    root = settings.checkpoint_root
     ttl = settings.lease_ttl_s
     given = _given_run_id(settings)
     if given is not None:
@@ -75,8 +75,8 @@ def claim(settings: Settings, mode: str) -> Claim:
             lease = records.Lease(lease_path(root, run_id), ttl, "train")
             lease.acquire()  # a fresh random id: nobody else holds it
     try:
-        ckpt_dir = root / run_id
-        state = checkpoint.load_latest(ckpt_dir)
+        folder = root / run_id
+        state = checkpoint.load_latest(folder)
         if state is not None and state.get("run_id") not in (None, run_id):
             raise ConfigError(
                 f"the checkpoint {state['path']} belongs to W&B run {state.get('run_id')}, not "
@@ -85,18 +85,18 @@ def claim(settings: Settings, mode: str) -> Claim:
             )
         if given is not None or state is not None:  # a new random id has no past to check
             trace = _trace(settings, run_id, mode)
-            _refuse_finished(run_id, ckpt_dir, state is not None, trace)
+            _refuse_finished(run_id, folder, state is not None, trace)
             if state is None:
-                _refuse_splice(run_id, ckpt_dir, trace)
+                _refuse_splice(run_id, folder, trace)
         if state is not None and given is None:
             log.info(
-                f"resuming interrupted run {run_id} (its checkpoint is in {ckpt_dir}); "
+                f"resuming interrupted run {run_id} (its checkpoint is in {folder}); "
                 f"set {env_name('run_id')} to start another run instead"
             )
     except BaseException:
         lease.release()
         raise
-    return Claim(run_id, ckpt_dir, lease, state)
+    return Claim(run_id, folder, lease, state)
 
 
 def _given_run_id(settings: Settings) -> str | None:
@@ -136,7 +136,7 @@ def _trace(settings: Settings, run_id: str, mode: str) -> Any:
     return trace
 
 
-def _refuse_finished(run_id: str, ckpt_dir: Path, from_checkpoint: bool, trace: Any) -> None:
+def _refuse_finished(run_id: str, folder: Path, from_checkpoint: bool, trace: Any) -> None:
     """A run id means one run: never reopen a finished run (a second job under the same id
     would log its config and summary into it, and ``wandb sync`` would merge both)."""
     where = trace.finished
@@ -144,7 +144,7 @@ def _refuse_finished(run_id: str, ckpt_dir: Path, from_checkpoint: bool, trace: 
         return
     if from_checkpoint:  # left behind by a job that finished (killed before removing it)
         raise ConfigError(
-            f"the checkpoint in {ckpt_dir} belongs to W&B run {run_id}, which already finished "
+            f"the checkpoint in {folder} belongs to W&B run {run_id}, which already finished "
             f"({where}); delete that checkpoint to start a new run"
         )
     raise ConfigError(
@@ -153,13 +153,13 @@ def _refuse_finished(run_id: str, ckpt_dir: Path, from_checkpoint: bool, trace: 
     )
 
 
-def _refuse_splice(run_id: str, ckpt_dir: Path, trace: Any) -> None:
+def _refuse_splice(run_id: str, folder: Path, trace: Any) -> None:
     """A run with history and no checkpoint cannot be continued: refuse (exit 10)."""
     if trace.last_step < 0:
         return
     raise HistoryWithoutCheckpoint(
         f"W&B run {run_id} already has history up to step {trace.last_step} ({trace.where}) but "
-        f"no checkpoint in {ckpt_dir}: training it again from scratch would splice two trainings "
+        f"no checkpoint in {folder}: training it again from scratch would splice two trainings "
         f"into one curve; set a new {env_name('run_id')} (or none) to start a new run, or restore "
         "its checkpoint folder to resume"
     )

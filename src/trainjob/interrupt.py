@@ -23,7 +23,7 @@ Phases, in order, each entered by the job (``enter``):
     finishing    training and evaluation are done: a signal only lets the job complete (exit 0),
                  instead of throwing a finished training away halfway through W&B's finish
 
-What the loop's hooks do about a request is theirs (``stopping.py``, ``checkpoint.py``): this
+What the loop's hooks do about a request is theirs (``epoch_end.py``, ``checkpoint.py``): this
 module only records it, says it once in the log, and builds the exception that ends the job.
 """
 

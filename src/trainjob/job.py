@@ -18,6 +18,7 @@ from torch import nn
 
 from . import checkpoint, data, export, identity, metrics, records, runtime
 from .data import Data
+from .epoch_end import EpochEnd
 from .errors import ConfigError, ExitCode, Preempted, StorageError, TrainjobError, TrialStopped
 from .identity import Claim
 from .interrupt import Interrupt
@@ -26,7 +27,6 @@ from .model import ConvNet
 from .progress import display
 from .settings import Settings
 from .step import LoopConfig
-from .stopping import EpochEnd
 from .tracking import run as tracking
 from .tracking.history import History, history_floor
 from .tracking.watch import Watcher
@@ -177,7 +177,7 @@ def train_and_finish(job: Job, progress: Progress, watcher: Watcher | None) -> i
     """Train, evaluate and export; whatever happens, close the W&B run and write run.json."""
     settings, interrupt, tracker = job.settings, job.interrupt, job.tracker
     saver = checkpoint.Checkpointer(
-        job.claim.ckpt_dir,
+        job.claim.checkpoint_folder,
         job.model,
         job.optimizer,
         interrupt,
@@ -210,14 +210,14 @@ def train_and_finish(job: Job, progress: Progress, watcher: Watcher | None) -> i
         exit_code = ExitCode.OK
     except TrainjobError as exc:
         exit_code = exc.exit_code
-        summary = failed(exc, tracker, epoch_end.values, job.claim.ckpt_dir)
+        summary = failed(exc, tracker, epoch_end.values, job.claim.checkpoint_folder)
         raise
     finally:
         finish(settings, tracker, exit_code, summary, interrupt)
     # A finished job leaves no checkpoint behind, so running the command again starts a new run
     # instead of "resuming" a completed one. Only now: a job killed before its run was finished
     # resumes from the last checkpoint and finishes it.
-    checkpoint.remove(job.claim.ckpt_dir)
+    checkpoint.remove(job.claim.checkpoint_folder)
     done(job, summary, report.stats, model_path)
     return int(ExitCode.OK)
 
@@ -285,7 +285,10 @@ def export_model(
 
 
 def failed(
-    exc: TrainjobError, tracker: tracking.Tracker, epoch_values: list[float], ckpt_dir: Path
+    exc: TrainjobError,
+    tracker: tracking.Tracker,
+    epoch_values: list[float],
+    checkpoint_folder: Path,
 ) -> dict[str, Any]:
     """How a job that raised ends: its summary, and which checkpoints go."""
     summary: dict[str, Any] = {}
@@ -297,13 +300,13 @@ def failed(
             summary[metrics.PER_EPOCH[0]] = epoch_values[-1]
         tracker.summary({metrics.STOPPED: str(exc)})
         # Nothing will resume a stopped trial: its checkpoints would only be left behind.
-        checkpoint.remove(ckpt_dir)
+        checkpoint.remove(checkpoint_folder)
     elif isinstance(exc, Preempted):
         tracker.mark_preempting()
     elif exc.exit_code == ExitCode.DIVERGED:
         # Resuming a diverged run diverges again: its checkpoints would only stand in the
         # way of a rerun with a lower learning rate (a settings change refuses to resume).
-        checkpoint.remove(ckpt_dir)
+        checkpoint.remove(checkpoint_folder)
     return summary
 
 

@@ -1,7 +1,5 @@
 """The names of what a job logs, declared once: the loop, the job, the sweep checks and the
-offline sweep runner all spell a metric through these constants. Also the names two of its
-settings choose from (the dataset, what ``run.watch`` logs), here because the loop modules
-(data.py, tracking/watch.py) check them too and must import neither pydantic nor settings.py.
+offline sweep runner all spell a metric through these constants.
 
 A sweep metric outside ``SUMMARY`` would never get a value in a run's summary (every trial would
 look equally bad), so sweep files are checked against these tuples; tests/test_sweep.py checks
@@ -10,19 +8,12 @@ them against a real run's history and summary.
 
 from __future__ import annotations
 
-from typing import Literal, get_args
-
-Dataset = Literal["MNIST", "FashionMNIST", "KMNIST"]
-DATASETS: tuple[str, ...] = get_args(Dataset)
-WatchLog = Literal["gradients", "parameters", "all", "none"]  # what run.watch records
-WATCH_LOG_CHOICES: tuple[str, ...] = get_args(WatchLog)
-
 # History: every ``log_every`` steps (train.py), x-axis = examples seen.
 EPOCH = "epoch"
 LOSS = "loss"
 LOSS_MEAN = "train/loss_mean"
 SAMPLES_PER_S = "perf/samples_per_s"
-# History once per epoch (stopping.py) and in the summary (job.py).
+# History once per epoch (epoch_end.py) and in the summary (job.py).
 TEST_ACCURACY = "test_accuracy"
 # Summary only (job.py).
 TRAIN_S = "perf/train_s"  # seconds in the training loop, over every process of the run

@@ -1,4 +1,5 @@
-"""The tutorial's ConvNet: two 5x5 conv + ReLU + 2x2 max-pool blocks and a linear head.
+"""The tutorial's ConvNet: two 5x5 conv + ReLU + 2x2 max-pool blocks and a linear head; ``unwrap``
+finds it inside a ``torch.compile`` wrapper.
 
 W&B's PyTorch tutorial hard-codes 16 input channels for the second conv; we follow
 ``kernels[0]`` so that a sweep over ``kernels`` builds a valid network.
@@ -39,3 +40,10 @@ class ConvNet(nn.Module):
     def forward_tutorial_order(self, x: torch.Tensor) -> torch.Tensor:
         """The tutorial's literal order (``Sequential``: conv, ReLU, pool); used by the tests."""
         return self.fc(self.layer2(self.layer1(x)).flatten(1))
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module ``torch.compile`` wrapped (its ``OptimizedModule`` keeps it as ``_orig_mod``),
+    or ``model`` itself: what checkpoints, weight digests and exports read and load, so that
+    their ``state_dict`` keys carry no ``_orig_mod.`` prefix whether the job compiled or not."""
+    return getattr(model, "_orig_mod", model)

@@ -11,21 +11,19 @@ the result. The dynamo exporter costs ~2 s a job (torch 2.14, 2-core CPU); a swa
 
 The key is a SHA-256 of everything the graph depends on (``template_key``); a template also
 carries its key and the SHA-256 of its own content in ``metadata_props``, so a damaged,
-truncated or foreign file is exported again, never used. Writes are a private temp file +
-``os.replace``: trials exporting at the same time never see half a file (the last one wins;
-all write the same graph). Nothing here runs the exporter or onnxruntime (export.py does).
+truncated or foreign file is exported again, never used. Writes are ``records.replacing`` (a
+private temp file + ``os.replace``): trials exporting at the same time never see half a file
+(the last one wins; all write the same graph). Nothing here runs the exporter or onnxruntime
+(export.py does).
 """
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import importlib.metadata
 import inspect
 import json
-import os
 import sys
-import uuid
 from collections.abc import Iterable, Mapping
 from functools import cache
 from pathlib import Path
@@ -35,6 +33,7 @@ import onnx
 import torch
 from torch import nn
 
+from . import records
 from .log import logger
 
 # Bump when the template file's layout (metadata below, what a swap replaces) changes.
@@ -209,15 +208,11 @@ class TemplateCache:
         return template
 
     def put(self, key: str, blob: bytes) -> None:
-        path = self.path(key)
-        tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
         try:
-            self.folder.mkdir(parents=True, exist_ok=True)
-            tmp.write_bytes(blob)
-            os.replace(tmp, path)
+            # Not fsync'd: a template that lost its write fails its own hash and is exported again.
+            with records.replacing(self.path(key), durable=False) as tmp:
+                tmp.write_bytes(blob)
         except OSError as exc:
-            with contextlib.suppress(OSError):
-                tmp.unlink(missing_ok=True)
             warn_once(
                 f"cannot cache the ONNX template in {self.folder} ({exc.strerror or exc}); "
                 "each job exports its model in full (set TRAINJOB_CACHE_DIR to a writable folder)"

@@ -23,7 +23,7 @@ from pathlib import Path
 
 from .errors import StorageError, as_exit_code
 from .interrupt import Interrupt
-from .settings import Settings, load_settings
+from .settings import Settings, env_name, load_settings
 from .tracking.env import resolve_mode
 
 
@@ -57,8 +57,8 @@ def writable_dirs(settings: Settings) -> dict[str, Path]:
     """Every folder a job writes to: ours, W&B's (those set; WANDB_DIR defaults to the current
     folder) and the temp folder."""
     dirs = {
-        "TRAINJOB_OUTPUT_DIR": settings.output_dir,
-        "TRAINJOB_CHECKPOINT_DIR": settings.ckpt_dir,
+        env_name("output_dir"): settings.output_dir,
+        env_name("checkpoint_dir"): settings.checkpoint_root,
         "WANDB_DIR": Path(os.environ.get("WANDB_DIR") or "."),
     }
     for var in ("WANDB_CACHE_DIR", "WANDB_CONFIG_DIR", "WANDB_DATA_DIR", "TMPDIR"):

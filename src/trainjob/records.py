@@ -9,7 +9,8 @@
 
 Every file is written through ``write_atomic`` (temp file, fsync, rename, fsync of the folder):
 a reader sees the old file or the complete new one, never half of one, also after a full disk
-or a SIGKILL. Nothing here imports torch or wandb.
+or a SIGKILL. ``replacing`` is that write for everyone: checkpoints, the ONNX model, the data
+and ONNX template caches. Nothing here imports torch or wandb.
 
 The lease works where only a shared file system connects the contenders (two pods on a
 ReadWriteMany volume, two containers on one Docker volume): it is a file created with
@@ -29,7 +30,7 @@ import socket
 import threading
 import time
 import uuid
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -57,22 +58,43 @@ def _fsync_dir(directory: Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: Path, payload: bytes) -> None:
-    """Write ``path`` so that it is either the old file or the complete new one, never half.
-    StorageError (exit 5) when it cannot be written; the temp file is gone and the previous
-    file untouched (a full disk keeps the last good checkpoint)."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{threading.get_ident()}.tmp")
+@contextlib.contextmanager
+def replacing(path: Path, durable: bool = True) -> Iterator[Path]:
+    """A private temp file beside ``path`` for the block to fill (write it, or hand it to an
+    exporter). When the block ends, the temp file replaces ``path`` in one ``os.replace``: a
+    reader sees the old file or the complete new one, never half, and concurrent writers never
+    mix (the last one wins). On any error the temp file is removed, ``path`` is untouched and
+    the error goes on (OSError as it came). ``durable``: fsync the file before the rename and
+    the folder after it, so that a full disk, a SIGKILL or a power loss still leaves one of
+    the two; a cache whose reader re-hashes what it reads can skip that."""
+    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")  # unique across hosts too
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        with open(tmp, "wb") as fh:
-            fh.write(payload)
-            fh.flush()
-            os.fsync(fh.fileno())
+        yield tmp
+        if durable:
+            with open(tmp, "rb") as fh:
+                os.fsync(fh.fileno())
         os.replace(tmp, path)
-        _fsync_dir(path.parent)
-    except OSError as exc:
+        if durable:
+            _fsync_dir(path.parent)
+    except BaseException:
         with contextlib.suppress(OSError):  # a read-only folder refuses the unlink too
             tmp.unlink(missing_ok=True)
+        raise
+
+
+def write_atomic(path: Path, payload: bytes | Callable[[Path], None]) -> None:
+    """Write ``path`` durably (``replacing``): ``payload`` is the bytes, or a function that
+    writes the file it is given (an exporter). StorageError (exit 5) when it cannot be written;
+    the temp file is gone and the previous file untouched (a full disk keeps the last good
+    checkpoint)."""
+    try:
+        with replacing(path) as tmp:
+            if callable(payload):
+                payload(tmp)
+            else:
+                tmp.write_bytes(payload)
+    except OSError as exc:
         raise StorageError(
             f"could not write {path}: {exc.strerror or exc}; the previous file is kept"
         ) from None

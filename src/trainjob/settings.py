@@ -22,11 +22,10 @@ from typing import Annotated, Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict, SettingsError
 
+from .choices import DATASET_CLASSES, DATASETS, WATCH_LOG_CHOICES, Dataset, WatchLog
 from .errors import ConfigError
-from .metrics import DATASETS, WATCH_LOG_CHOICES, Dataset, WatchLog
 
 ENV_PREFIX = "TRAINJOB_"
-DATASET_CLASSES = 10  # all three torchvision datasets have ten labels
 _DEVICE_RE = re.compile(r"^(auto|cpu|cuda(:\d+)?)$")
 
 
@@ -301,7 +300,9 @@ class Settings(BaseSettings):
         return self.project or os.environ.get("WANDB_PROJECT") or "pytorch-demo"
 
     @property
-    def ckpt_dir(self) -> Path:
+    def checkpoint_root(self) -> Path:
+        """``checkpoint_dir``, resolved: the folder that holds one folder per run id (a job's
+        own is ``identity.Claim.checkpoint_folder``)."""
         assert self.checkpoint_dir is not None  # set by the validator above
         return self.checkpoint_dir
 

@@ -12,19 +12,19 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from ..errors import ConfigError, ExitCode, SweepGaveUp, WandbUnreachable
+from ..errors import ConfigError, ExitCode, Interrupted, SweepGaveUp, WandbUnreachable
 from ..log import logger
-from ..settings import Settings, load_settings
+from ..settings import Settings, env_name, load_settings
 from ..tracking.env import base_url, resolve_mode
 from ..tracking.server import probe
 from . import parallel
 from .spec import TRIAL_COMMAND, load_sweep, read_yaml
 from .trials import (
     FailureCounter,
-    Interrupted,
     SignalForwarder,
     Trial,
     TrialRunner,
+    exit_status,
     trial_env,
 )
 
@@ -146,8 +146,10 @@ class AgentTrial:
         run = os.environ.get("WANDB_RUN_ID") or "run"
         return trial_env(
             os.environ,
-            TRAINJOB_OUTPUT_DIR=str(self.settings.output_dir / "sweeps" / sweep / run),
-            TRAINJOB_CHECKPOINT_DIR=str(self.settings.ckpt_dir),
+            **{
+                env_name("output_dir"): str(self.settings.output_dir / "sweeps" / sweep / run),
+                env_name("checkpoint_dir"): str(self.settings.checkpoint_root),
+            },
         )
 
     def argv(self) -> list[str]:
@@ -200,7 +202,7 @@ def agent(settings: Settings, argv: Sequence[str] = ()) -> int:
     trial = AgentTrial(settings, runner, failures, signals)
     # W&B's agent reads WANDB_SWEEP_ID itself; ours is TRAINJOB_SWEEP_ID (WANDB_SWEEP_ID would
     # also override the run id of every wandb.init in this process).
-    os.environ.pop("TRAINJOB_SWEEP_ID", None)
+    os.environ.pop(env_name("sweep_id"), None)
     with signals.active():
         run_agent(sweep_id, trial, project=settings.project, count=settings.sweep_count)
     if signals.signal is not None:
@@ -227,10 +229,10 @@ def fan_out(settings: Settings, sweep_id: str, par: parallel.Parallel, argv: Seq
     signals = SignalForwarder()
     for count in counts:
         env = dict(os.environ, **par.env())
-        env["TRAINJOB_SWEEP_ID"] = sweep_id
-        env["TRAINJOB_PARALLEL_TRIALS"] = "1"
+        env[env_name("sweep_id")] = sweep_id
+        env[env_name("parallel_trials")] = "1"
         if count is not None:
-            env["TRAINJOB_SWEEP_COUNT"] = str(count)
+            env[env_name("sweep_count")] = str(count)
         flags = _without(argv, ("--sweep_count", "--parallel_trials"))  # set per agent above
         cmd = [sys.executable, "-m", "trainjob", "agent", *flags]
         signals.track(Trial(subprocess.Popen(cmd, env=env)))
@@ -263,7 +265,7 @@ def _shares(count: int | None, n: int) -> list[int | None]:
 
 def _overall(codes: list[int], signalled: bool) -> int:
     """One exit code for the agents'."""
-    codes = [128 - c if c < 0 else c for c in codes]  # killed by signal N: 128 + N
+    codes = [exit_status(c) for c in codes]
     if signalled:
         return int(ExitCode.PREEMPTED)
     for wanted in _FIRST:

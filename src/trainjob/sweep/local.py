@@ -37,14 +37,14 @@ from pathlib import Path
 from typing import Any
 
 from .. import metrics, records
-from ..errors import ConfigError, ExitCode, SweepGaveUp
+from ..errors import ConfigError, ExitCode, Interrupted, SweepGaveUp
 from ..log import logger
 from ..settings import Scope, Settings, env_name, fields_in
 from ..tracking.env import resolve_mode
 from ..tracking.sync import hint
 from .parallel import SEQUENTIAL, Parallel, Slots, plan
 from .spec import TRIAL_COMMAND, flag, load_sweep, plain, sweep_engine
-from .trials import FailureCounter, Interrupted, SignalForwarder, TrialRunner, trial_env
+from .trials import FailureCounter, SignalForwarder, TrialRunner, trial_env
 
 # Each trial's names: set by the sweep, so not flags of `sweep run` (folders are: trials go under).
 PER_TRIAL_FIELDS = fields_in(Scope.IDENTITY)
@@ -254,7 +254,7 @@ class LocalSweep:
         self.source = source
         slug = re.sub(r"[^A-Za-z0-9_.-]+", "-", self.name).strip("-") or "sweep"
         self.out = settings.output_dir / "sweeps" / slug
-        self.ckpt = settings.ckpt_dir / "sweeps" / slug
+        self.ckpt = settings.checkpoint_root / "sweeps" / slug
         self.base_env = base_env
         self.results: list[Result] = []
         self.failures = FailureCounter(settings.max_consecutive_failures)
@@ -461,7 +461,7 @@ class LocalSweep:
 
     def leave_rule(self, folder: Path) -> None:
         """With ``early_terminate``: the rule and every earlier trial's per-epoch values, for
-        the trial to check at each epoch end (stopping.py); without: no file."""
+        the trial to check at each epoch end (epoch_end.py); without: no file."""
         (folder / records.RULE_FILE).unlink(missing_ok=True)
         if "early_terminate" not in self.config:
             return

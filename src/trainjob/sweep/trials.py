@@ -28,8 +28,8 @@ from multiprocessing import connection, forkserver
 from pathlib import Path
 from typing import Any
 
-from ..errors import ExitCode, TrainjobError
-from ..interrupt import STOP_SIGNAL
+from ..errors import ExitCode, Interrupted
+from ..interrupt import PREEMPT_SIGNALS, STOP_SIGNAL
 from ..settings import Scope, env_name, fields_in
 from .spec import TRIAL_COMMAND
 
@@ -60,12 +60,11 @@ PRELOAD = (
     "trainjob.train",
     "trainjob.model",
     "trainjob.runtime",
-    "trainjob.stopping",
+    "trainjob.epoch_end",
     "trainjob.preflight",
     "trainjob.interrupt",
     "trainjob.tracking.sweeps",  # W&B's engine: offline early termination asks it per epoch
 )
-FORWARDED_SIGNALS = (signal.SIGTERM, signal.SIGINT, signal.SIGUSR1)
 POLL_S = 0.5
 # A forked trial's exit code comes from the fork server through its sentinel, read once by
 # whichever ``poll`` gets there first; another reader at the same moment gets EOF and records 255
@@ -189,13 +188,6 @@ class TrialRunner:
         return Trial(proc)
 
 
-class Interrupted(TrainjobError):
-    """The sweep process got SIGTERM/SIGINT/SIGUSR1: the running trial was told to checkpoint
-    and stop, and no further trial starts."""
-
-    exit_code = ExitCode.PREEMPTED
-
-
 class SignalForwarder:
     """While active, SIGTERM/SIGINT/SIGUSR1 sent to the sweep process go to every running trial
     (each checkpoints and exits 143) and stop the sweep after them. Kubernetes signals only PID 1.
@@ -232,7 +224,7 @@ class SignalForwarder:
 
     @contextlib.contextmanager
     def active(self) -> Iterator[SignalForwarder]:
-        for sig in FORWARDED_SIGNALS:
+        for sig in PREEMPT_SIGNALS:  # forwarded: what would preempt a job preempts its trials
             self._previous[sig] = signal.signal(sig, self._handle)
         try:
             yield self

@@ -102,7 +102,7 @@ PRIVATE: tuple[Private, ...] = (
     Private(
         "sweeps",
         "stop_runs",
-        "stopping.py, sweep/spec.py",
+        "epoch_end.py, sweep/spec.py",
         "W&B's early termination, run locally",
         ("sweep_config", "runs"),
     ),
@@ -123,7 +123,7 @@ PRIVATE: tuple[Private, ...] = (
     Private(
         "sweeps",
         "SweepRun",
-        "stopping.py, sweep/local.py",
+        "epoch_end.py, sweep/local.py",
         "a run as the engine sees it; sampledHistory is the alias pydantic 2 keeps",
         ("name", "state", "sampledHistory", "config", "summaryMetrics"),
     ),

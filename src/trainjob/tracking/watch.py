@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from ..metrics import WATCH_LOG_CHOICES
+from ..choices import WATCH_LOG_CHOICES
 
 BINS = 64  # wandb_torch.TorchHistory._num_bins
 _HEAD = 3  # buffer columns before the bins: finite min, finite max, finite count
