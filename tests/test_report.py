@@ -353,3 +353,24 @@ def test_the_page_in_headless_chromium_with_the_network_off(
         assert shot[:8] == b"\x89PNG\r\n\x1a\n" and len(shot) > 20_000
         assert page.errors == []
         assert page.requests == [out.resolve().as_uri()]
+
+
+def test_the_bench_runs_and_prints_its_ratio(tmp_path: Path) -> None:
+    """bench/report.py on 3 runs (its figures are in bench/README.md; nothing timed here)."""
+    bench = [sys.executable, str(ROOT / "bench" / "report.py"), "--runs", "3", "--repeats", "1"]
+    done = subprocess.run(
+        [*bench, "--leet", "1", "--keep", str(tmp_path / "runs")],
+        env=clean_env(tmp_path),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert re.search(r"wrote 3 runs \(4 folders", done.stdout), done.stdout  # one resumed
+    assert re.search(r"trainjob report: median [\d.]+ s", done.stdout), done.stdout
+    assert re.search(r"ratio: the report takes [\d.]+ of W&B's", done.stdout), done.stdout
+    runs = {r.run_id: r for r in gather([tmp_path / "runs"]).runs}
+    assert len(runs) == 3 and all(r.trial is not None and r.history for r in runs.values())
+    assert [len(r.parts) for r in runs.values()] == [1, 2, 1]
+    assert [r.state for r in runs.values()] == ["finished", "finished", "failed"]
