@@ -136,7 +136,7 @@ def test_each_run_once_with_wandbs_own_values(workspace: Path) -> None:
         run = runs[record["run_id"]]
         theirs = read_offline_run(Path(record["run_dir"]))  # W&B's own reader
         assert run.exit_code == theirs.exit_code == record["exit_code"]
-        assert run.metric == pytest.approx(record["summary"]["test_accuracy"])
+        assert run.value() == pytest.approx(record["summary"]["test_accuracy"])
         loss = [(h["_step"], h["loss"]) for h in theirs.history if "loss" in h]
         assert run.series("loss") == loss and loss  # the same JSON values, read by two readers
         assert run.onnx is None or run.onnx == Path(record["run_dir"]) / "files" / "model.onnx"
@@ -164,7 +164,7 @@ def test_reading_in_several_processes_reads_the_same(workspace: Path) -> None:
 
     def seen(workers: int) -> list[tuple]:
         runs = gather([workspace], workers=workers).runs
-        return sorted((r.run_id, r.state, r.metric, r.history, r.notes) for r in runs)
+        return sorted((r.run_id, r.state, r.value(), r.history, r.notes) for r in runs)
 
     assert seen(2) == seen(1)
 
@@ -374,3 +374,13 @@ def test_the_bench_runs_and_prints_its_ratio(tmp_path: Path) -> None:
     assert len(runs) == 3 and all(r.trial is not None and r.history for r in runs.values())
     assert [len(r.parts) for r in runs.values()] == [1, 2, 1]
     assert [r.state for r in runs.values()] == ["finished", "finished", "failed"]
+
+
+def test_runs_rank_by_the_sweeps_own_metric_and_goal(workspace: Path) -> None:
+    """A sweep minimizing another summary metric ranks by it (the page's column, its colours)."""
+    (sweep,) = [g for g in gather([workspace]).groups if g.sweep]
+    sweep.sweep = {**sweep.sweep, "metric": {"name": "perf/train_s", "goal": "minimize"}}
+    times = [r.value("perf/train_s") for r in sweep.ranked()]
+    finished = [t for t in times if t is not None]
+    assert finished == sorted(finished) and len(finished) == 2  # the stopped trial has none
+    assert times[-1] is None and sweep.value(sweep.ranked()[0]) == finished[0]

@@ -139,10 +139,9 @@ class Run:
         logged = [v for _, v in self.series(metrics.TEST_ACCURACY)]
         return logged or (self.trial.epochs if self.trial else [])
 
-    @property
-    def metric(self) -> float | None:
-        """The final ``test_accuracy``; None when missing or not finite (a diverged run)."""
-        value = self.summary.get(metrics.TEST_ACCURACY)
+    def value(self, name: str = metrics.TEST_ACCURACY) -> float | None:
+        """A summary value (the sweep's metric); None when missing or not finite (diverged)."""
+        value = self.summary.get(name)
         ok = isinstance(value, int | float) and not isinstance(value, bool)
         return float(value) if ok and math.isfinite(value) else None
 
@@ -218,11 +217,18 @@ class Group:
         spec = ((self.sweep or {}).get("parameters") or {}).get(name)
         return isinstance(spec, dict) and "log" in str(spec.get("distribution", ""))
 
+    def value(self, run: Run) -> float | None:
+        """The run's value of this group's metric."""
+        return run.value(self.metric)
+
     def ranked(self) -> list[Run]:
+        """Best first by the metric (the sweep's goal), runs without a value last."""
+
         def key(run: Run) -> tuple[int, float]:
-            if run.metric is None:
+            value = self.value(run)
+            if value is None:
                 return (1, 0.0)
-            return (0, -run.metric if self.maximize else run.metric)
+            return (0, -value if self.maximize else value)
 
         return sorted(self.runs, key=key)
 

@@ -8,7 +8,6 @@ Every string that comes from a run (names, config values, notes) is escaped.
 from __future__ import annotations
 
 import json
-import math
 from html import escape
 from typing import Any
 
@@ -97,7 +96,7 @@ def _cell(value: Any, shown: str | None = None, num: bool = False) -> str:
 
 def _colours(group: Group) -> dict[str, str]:
     """Each run's colour: its place in the ranking (best dark, worst light; no metric grey)."""
-    ranked = [r for r in group.ranked() if r.metric is not None]
+    ranked = [r for r in group.ranked() if group.value(r) is not None]
     n = max(len(ranked) - 1, 1)
     found = {
         r.run_id: charts.colour(i / n if len(ranked) > 1 else 0.0) for i, r in enumerate(ranked)
@@ -118,7 +117,7 @@ def leaderboard(group: Group) -> str:
             _cell(_short(run, group)),
             f'<td data-v="{escape(state)}"><span class="state {STATE_CLASS.get(state, "bad")}">'
             f"{escape(state)}</span>{_exit(run)}</td>",
-            _cell(run.metric, num=True),
+            _cell(group.value(run), num=True),
             *(_cell(config.get(p)) for p in params),
             _cell(len(run.epoch_values), num=True),
             _cell(run.train_s, _fmt(run.train_s, 1), num=True),
@@ -152,7 +151,8 @@ def _short(run: Run, group: Group) -> str:
 def _label(run: Run, group: Group) -> str:
     config = run.config
     values = ", ".join(f"{p}={_fmt(config.get(p))}" for p in group.parameters)
-    metric = "-" if run.metric is None else f"{run.metric:.4f}"
+    value = group.value(run)
+    metric = "-" if value is None else f"{value:.4f}"
     return f"{run.name} ({run.state}) {group.metric}={metric}" + (f"; {values}" if values else "")
 
 
@@ -165,7 +165,7 @@ def plots(group: Group) -> str:
         for p in group.parameters
     ]
     if axes:
-        axes.append(charts.Axis(group.metric, [r.metric for r in runs]))
+        axes.append(charts.Axis(group.metric, [group.value(r) for r in runs]))
         svg = charts.parallel_coordinates(
             axes,
             [r.run_id for r in runs],
@@ -240,7 +240,7 @@ def hyperband(group: Group) -> str:
     if stopped:
         rows = [
             f'<tr data-run="{escape(r.run_id)}">{_cell(r.name)}'
-            f"{_cell(len(r.epoch_values), num=True)}{_cell(r.metric, num=True)}"
+            f"{_cell(len(r.epoch_values), num=True)}{_cell(group.value(r), num=True)}"
             f'<td class="why">{escape(str(r.summary.get(metrics.STOPPED, "")))}</td></tr>'
             for r in stopped
         ]
@@ -287,9 +287,9 @@ def section(group: Group) -> str:
     for run in group.runs:
         counts[run.state] = counts.get(run.state, 0) + 1
     said = ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
-    best = next((r for r in group.ranked() if r.metric is not None), None)
-    if best is not None and best.metric is not None and math.isfinite(best.metric):
-        said += f" · best {group.metric} {best.metric:.4f} ({best.name})"
+    best = next((r for r in group.ranked() if group.value(r) is not None), None)
+    if best is not None:
+        said += f" · best {group.metric} {group.value(best):.4f} ({best.name})"
     if group.sweep:
         said += f" · {group.sweep.get('method')} search"
     return (
