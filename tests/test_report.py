@@ -384,3 +384,22 @@ def test_runs_rank_by_the_sweeps_own_metric_and_goal(workspace: Path) -> None:
     finished = [t for t in times if t is not None]
     assert finished == sorted(finished) and len(finished) == 2  # the stopped trial has none
     assert times[-1] is None and sweep.value(sweep.ranked()[0]) == finished[0]
+
+
+WAND_AGENT_TRIAL = """
+import wandb
+run = wandb.init(project="p", settings=wandb.Settings(x_disable_viewer=True))
+run.log({"loss": 1.0, "test_accuracy": 0.5}, step=10)
+run.finish()
+"""
+
+
+def test_a_wandb_agents_trial_is_grouped_by_its_sweep(tmp_path: Path) -> None:
+    """W&B's agent sets WANDB_SWEEP_ID (wandb writes it into the run); no group: its sweep's."""
+    env = clean_env(tmp_path, WANDB_SWEEP_ID="abc123")
+    done = subprocess.run(
+        [sys.executable, "-c", WAND_AGENT_TRIAL], env=env, cwd=tmp_path, timeout=120
+    )
+    assert done.returncode == 0
+    (group,) = gather([tmp_path]).groups
+    assert group.name == "sweep abc123" and [r.series("loss") for r in group.runs] == [[(10, 1.0)]]

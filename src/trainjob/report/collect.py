@@ -72,7 +72,10 @@ class Run:
 
     @property
     def group(self) -> str:
-        return next((p.group for p in reversed(self.parts) if p.group), "")
+        """Its W&B group; a W&B agent's trial without one: its sweep's id."""
+        group = next((p.group for p in reversed(self.parts) if p.group), "")
+        sweep = next((p.sweep_id for p in reversed(self.parts) if p.sweep_id), "")
+        return group or (f"sweep {sweep}" if sweep else "")
 
     @property
     def config(self) -> dict[str, Any]:

@@ -124,6 +124,7 @@ class RunFile:
     name: str = ""
     project: str = ""
     group: str = ""
+    sweep_id: str = ""  # set by W&B's agent (an online sweep's run)
     tags: list[str] = field(default_factory=list)
     start_time: float | None = None  # seconds since the epoch
     config: dict[str, Any] = field(default_factory=dict)
@@ -209,7 +210,7 @@ def read_run_file(path: Path) -> RunFile:
 
 def _read_run_record(run: RunFile, info: Any) -> None:
     run.run_id, run.name, run.project = info.run_id, info.display_name, info.project
-    run.group, run.tags = info.run_group, list(info.tags)
+    run.group, run.tags, run.sweep_id = info.run_group, list(info.tags), info.sweep_id
     if info.HasField("start_time"):
         run.start_time = info.start_time.seconds + info.start_time.nanos / 1e9
     _updates(info.config.update, run.config)
