@@ -386,7 +386,7 @@ def test_runs_rank_by_the_sweeps_own_metric_and_goal(workspace: Path) -> None:
     assert times[-1] is None and sweep.value(sweep.ranked()[0]) == finished[0]
 
 
-WAND_AGENT_TRIAL = """
+AGENT_TRIAL = """
 import wandb
 run = wandb.init(project="p", settings=wandb.Settings(x_disable_viewer=True))
 run.log({"loss": 1.0, "test_accuracy": 0.5}, step=10)
@@ -398,7 +398,7 @@ def test_a_wandb_agents_trial_is_grouped_by_its_sweep(tmp_path: Path) -> None:
     """W&B's agent sets WANDB_SWEEP_ID (wandb writes it into the run); no group: its sweep's."""
     env = clean_env(tmp_path, WANDB_SWEEP_ID="abc123")
     done = subprocess.run(
-        [sys.executable, "-c", WAND_AGENT_TRIAL], env=env, cwd=tmp_path, timeout=120
+        [sys.executable, "-c", AGENT_TRIAL], env=env, cwd=tmp_path, timeout=120
     )
     assert done.returncode == 0
     (group,) = gather([tmp_path]).groups
