@@ -159,6 +159,25 @@ def test_a_resumed_run_is_one_run_with_its_history_in_order(workspace: Path) -> 
     assert len(run.epoch_values) == 2
 
 
+def test_a_second_folder_of_the_same_second_is_the_runs_next_process(
+    workspace: Path, tmp_path: Path
+) -> None:
+    """wandb names a process's folder by the second it started, adding -1, -2... on a clash:
+    such a folder is the same run's next process (its run file says whose), in order."""
+    first, second = sorted((workspace / "wandb").glob("offline-run-*-resumed1"))
+    copy = tmp_path / "wandb"
+    copy.mkdir()
+    shutil.copytree(first, copy / first.name)
+    shutil.copytree(second, copy / f"{first.name}-1")  # the same second as the first
+    (run,) = gather([copy]).runs
+    assert run.run_id == "resumed1" and [p.exit_code for p in run.parts] == [143, 0]
+    assert (
+        run.state == "finished"
+        and run.history
+        == next(r for r in gather([workspace]).runs if r.run_id == "resumed1").history
+    )
+
+
 def test_reading_in_several_processes_reads_the_same(workspace: Path) -> None:
     """Many run files are read by a pool of processes (read_all): the same runs, rows, states."""
 
@@ -397,9 +416,7 @@ run.finish()
 def test_a_wandb_agents_trial_is_grouped_by_its_sweep(tmp_path: Path) -> None:
     """W&B's agent sets WANDB_SWEEP_ID (wandb writes it into the run); no group: its sweep's."""
     env = clean_env(tmp_path, WANDB_SWEEP_ID="abc123")
-    done = subprocess.run(
-        [sys.executable, "-c", AGENT_TRIAL], env=env, cwd=tmp_path, timeout=120
-    )
+    done = subprocess.run([sys.executable, "-c", AGENT_TRIAL], env=env, cwd=tmp_path, timeout=120)
     assert done.returncode == 0
     (group,) = gather([tmp_path]).groups
     assert group.name == "sweep abc123" and [r.series("loss") for r in group.runs] == [[(10, 1.0)]]

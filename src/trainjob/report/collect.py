@@ -25,8 +25,10 @@ from .. import metrics, records
 from ..errors import ExitCode
 from ..tracking.runfile import RunFile, read_run_file
 
-# `wandb/offline-run-<YYYYMMDD_HHMMSS>-<id>` (and `run-...` for an online run's local copy).
-RUN_FOLDER = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-([A-Za-z0-9_-]+)$")
+# `wandb/offline-run-<YYYYMMDD_HHMMSS>-<id>` (and `run-...` for an online run's local copy);
+# wandb adds `-1`, `-2`... when a folder of that name exists (a second process of the run within
+# the same second), so the run id is read from the run file's name inside, not the folder's.
+RUN_FOLDER = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-(.+)$")
 PARALLEL_FROM = 16  # run files from which reading them is worth a pool of processes
 # Folders a walk never needs to enter: W&B's caches and per-run scratch, checkpoints.
 SKIP = {"files", "tmp", "logs", ".cache", "artifacts", "media", "node_modules", ".git"}
@@ -288,9 +290,8 @@ class _Scan:
 def _scan(paths: Iterable[Path]) -> _Scan:
     scan = _Scan()
     for folder in _walk(paths):
-        match = RUN_FOLDER.match(folder.name)
-        if match:
-            scan.add_folder(match[2], folder)
+        if RUN_FOLDER.match(folder.name):
+            scan.add_folder(_run_id(folder), folder)
             continue
         trial = _trial(folder)
         if trial is not None:
@@ -304,8 +305,17 @@ def _scan(paths: Iterable[Path]) -> _Scan:
     return scan
 
 
+def _run_id(folder: Path) -> str:
+    """The id of the run a run folder belongs to: its run file's (``run-<id>.wandb``), else the
+    folder name's tail (a process that died before writing the file)."""
+    found = sorted(folder.glob("run-*.wandb"))
+    if found:
+        return found[0].name[len("run-") : -len(".wandb")]
+    return RUN_FOLDER.match(folder.name)[2]  # type: ignore[index]
+
+
 def _run_file(folder: Path) -> Path:
-    return folder / f"run-{RUN_FOLDER.match(folder.name)[2]}.wandb"  # type: ignore[index]
+    return folder / f"run-{_run_id(folder)}.wandb"
 
 
 def read_all(files: list[Path], workers: int | None = None) -> list[RunFile]:
@@ -328,8 +338,8 @@ def gather(paths: Iterable[Path], workers: int | None = None) -> Found:
     ordered = [
         (run_id, found[name])
         for run_id, found in scan.folders.items()
-        for name in sorted(found, key=lambda n: RUN_FOLDER.match(n)[1])  # type: ignore[index]
-    ]  # each run's processes oldest first: by the folder's timestamp
+        for name in sorted(found, key=lambda n: (RUN_FOLDER.match(n)[1], len(n)))  # type: ignore[index]
+    ]  # each run's processes oldest first: the folder's timestamp, then wandb's -1, -2 suffix
     present = [(run_id, folder) for run_id, folder in ordered if _run_file(folder).exists()]
     parts = read_all([_run_file(folder) for _, folder in present], workers)
     for run_id, folder in ordered:
@@ -407,10 +417,10 @@ def _add_named_folders(trial: Trial, scan: _Scan) -> None:
     named = Path(trial.record.run_dir)
     if not named.parent.is_dir():
         return
-    for sibling in named.parent.glob(f"*-{trial.record.run_id}"):
-        match = RUN_FOLDER.match(sibling.name)
-        if match and match[2] == trial.record.run_id and sibling.is_dir():
-            scan.add_folder(match[2], sibling)
+    for sibling in named.parent.glob(f"*-{trial.record.run_id}*"):
+        ours = RUN_FOLDER.match(sibling.name) and sibling.is_dir()
+        if ours and _run_id(sibling) == trial.record.run_id:
+            scan.add_folder(trial.record.run_id, sibling)
 
 
 def _grouped(runs: list[Run], sweeps: dict[Path, dict[str, Any]]) -> list[Group]:
