@@ -331,7 +331,7 @@ def breakdown(data: Path, epochs: int, extra: list[str], tmp: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--data", help="folder with the four MNIST *-ubyte.gz files")
-    parser.add_argument("--pairs", type=int, default=3, help="interleaved offline/disabled pairs")
+    parser.add_argument("--pairs", type=int, default=3, help="offline/disabled pairs (0: none)")
     parser.add_argument("--epochs", type=int, default=5, help="epochs per job (first = warm-up)")
     parser.add_argument("--breakdown", action="store_true", help="also: where the time goes")
     parser.add_argument("--src", type=Path, help="the src/ folder of the trainjob to run")
@@ -360,7 +360,8 @@ def main() -> None:
         # only the first job of a cache would pay.
         run_job(Path(name) / "warm-up", data, 2, "disabled", args.extra)
         done = pairs(data, args.epochs, args.pairs, args.extra, Path(name))
-        report(done)
+        if done:  # --pairs 0: the breakdown alone
+            report(done)
         if args.breakdown:
             breakdown(data, args.epochs, args.extra, Path(name))
     print(f"load average at end: {' '.join(f'{x:.2f}' for x in os.getloadavg())}")
