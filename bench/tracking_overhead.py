@@ -32,6 +32,7 @@ processes far better than the difference between two jobs' throughputs.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
@@ -231,15 +232,32 @@ def report(done: list[dict]) -> None:
 
 # --- --breakdown: one job's loop, instrumented -------------------------------------------------
 
-# (module, class, method, label): the parts of tracking timed on the training thread. Indented
-# labels are part of the one above them (its time includes theirs).
+# (modules, class, method, label): the parts of tracking timed on the training thread, the
+# first module that has the class (later ones: where older checkouts kept it, for --src).
+# Indented labels are part of the one above them (its time includes theirs).
+WATCH, HISTORY, RUN = (
+    ("trainjob.tracking.watch", "trainjob.watch"),
+    ("trainjob.tracking.history", "trainjob.history"),
+    ("trainjob.tracking.run", "trainjob.tracking"),
+)
 TIMED = [
-    ("trainjob.tracking.watch", "Watcher", "forward_event", "watcher: parameter hook"),
-    ("trainjob.tracking.watch", "Watcher", "_grad_event", "watcher: gradient hooks"),
-    ("trainjob.tracking.watch", "Watcher", "_record", "  of which the statistics"),
-    ("trainjob.tracking.history", "History", "log", "log path (History.log -> run.log)"),
-    ("trainjob.tracking.run", "Tracker", "_flush_histograms", "  of which the histograms"),
+    (WATCH, "Watcher", "forward_event", "watcher: parameter hook"),
+    (WATCH, "Watcher", "_grad_event", "watcher: gradient hooks"),
+    (WATCH, "Watcher", "_record", "  of which the statistics"),
+    (HISTORY, "History", "log", "log path (History.log -> run.log)"),
+    (RUN, "Tracker", "_flush_histograms", "  of which the histograms"),
 ]
+
+
+def _owner(modules: tuple[str, ...], name: str) -> type:
+    import importlib
+
+    for module in modules:
+        with contextlib.suppress(ImportError):
+            found = getattr(importlib.import_module(module), name, None)
+            if isinstance(found, type):
+                return found
+    raise SystemExit(f"bench: no {name} in {', '.join(modules)}")
 
 
 def _timed(timers: dict[str, list[float]], label: str, function):
@@ -278,27 +296,30 @@ def probe_worker(argv: list[str], out: Path) -> None:
     JSON in ``out``."""
     import importlib
 
-    from trainjob import job
+    from trainjob import train as loop
     from trainjob.__main__ import main as trainjob_main  # not cli(): its os._exit ends us too
 
     timers: dict[str, list[float]] = {}
-    for module, owner, name, label in TIMED:
-        cls = getattr(importlib.import_module(module), owner)
+    for modules, owner, name, label in TIMED:
+        cls = _owner(modules, owner)
         setattr(cls, name, _timed(timers, label, getattr(cls, name)))
     result: dict[str, object] = {"timed": timers}
-    loop = job.train
+    original = loop.train
 
     def train(*args, **kwargs):
         before, start = cpu_by_thread(), time.perf_counter()
         try:
-            return loop(*args, **kwargs)
+            return original(*args, **kwargs)
         finally:
             result["loop_s"] = time.perf_counter() - start
             result["load"] = os.getloadavg()[0]
             after = cpu_by_thread()
             result["cpu"] = {k: v - before.get(k, 0.0) for k, v in after.items()}
 
-    job.train = train
+    loop.train = train  # what job.py imports at its start (or, in older checkouts, later)
+    job = importlib.import_module("trainjob.job")
+    if getattr(job, "train", None) is original:
+        job.train = train
     result["code"] = trainjob_main(argv)
     out.write_text(json.dumps(result))
 
