@@ -434,9 +434,13 @@ def watch_cost(repeats: int = 30) -> None:
 
         watcher = watch.Watcher(model, "all", 1)
 
-        def ours() -> None:
+        def ours() -> None:  # on the CPU: watch.cpu_stats
             for i, t in enumerate(tensors):
                 watcher._record(i, t)
+
+        def device_route() -> None:  # what a GPU runs, here on the CPU
+            for t in tensors:
+                watch.tensor_stats(t)
 
         ours()
         filled = watcher.buffer.clone()
@@ -453,7 +457,8 @@ def watch_cost(repeats: int = 30) -> None:
         timings = {}
         for label, fn in (
             ("W&B log_tensor_stats, one firing (12 tensors)", theirs),
-            ("trainjob watcher, one firing: device statistics", ours),
+            ("trainjob watcher, one firing: CPU route (cpu_stats)", ours),
+            ("  the device route (tensor_stats) on the same tensors", device_route),
             ("trainjob watcher, one row: host copy + wandb.Histogram x12", row),
             ("  of which wandb.Histogram x12 from lists", package),
         ):

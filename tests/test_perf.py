@@ -265,3 +265,22 @@ def test_two_process_experiment_merges_the_whole_gradient_and_reports_every_mode
     for mode in ("one process, 2 threads", "one process, 1 thread", "two processes, 1 thread"):
         assert re.search(rf"^  {mode}.* +[\d,]+ \[", out, re.M), out
     assert re.search(r"two processes / one process with 2 threads: [\d.]+x", out), out
+
+
+def test_tracking_overhead_bench_reports_each_pair_and_where_the_time_goes(
+    real_mnist: Path, tmp_path: Path
+) -> None:
+    """``bench/tracking_overhead.py`` (the offline-vs-disabled figures bench/README.md quotes):
+    both modes run, each pair and the median get a figure, the CPU is named, and the breakdown
+    finds the watcher, the log path and wandb-core in the offline job only."""
+    args = ("--data", str(real_mnist), "--epochs", "2", "--pairs", "1", "--data-slice", "50")
+    result = _bench(tmp_path, "tracking_overhead.py", *args, "--breakdown", timeout=400)
+    assert result.returncode == 0, result.stdout + result.stderr
+    out = result.stdout
+    assert re.search(r"^hardware: .*avx512_bf16 (yes|no), amx_bf16 (yes|no)", out, re.M), out
+    assert re.search(r"pair 1/1 .* disabled [\d,]+ offline [\d,]+ -> [+-][\d.]+%", out), out
+    assert re.search(r"steady samples/s +[+-][\d.]+ \[.*\]% +\(goal <= 3%\)", out), out
+    disabled, offline = out.split("\n  disabled: training loop")[1].split("\n  offline: ")
+    for part in ("watcher: parameter hook", "of which the statistics", "wandb-core"):
+        assert part in offline and part not in disabled, out
+    assert "of which the histograms" in offline, out

@@ -165,6 +165,45 @@ def test_statistics_follow_wandbs_rules(monkeypatch: pytest.MonkeyPatch, tmp_pat
         run.finish()
 
 
+def test_cpu_route_gives_wandbs_statistics(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """``cpu_stats`` (the watcher's route on the CPU) against W&B's ``log_tensor_stats`` on the
+    edge cases it takes (the others, NaN/inf/empty, go to ``tensor_stats``), and equal to
+    ``tensor_stats`` bit for bit on random tensors of every dtype, values on bin edges and
+    non-contiguous layouts included."""
+    import numpy as np
+
+    from trainjob.tracking.run import package
+
+    run, capture = _wandb_reference(monkeypatch, tmp_path)
+    cases = dict(EDGE_CASES)
+    cases["signed_zeros"] = lambda: torch.tensor([0.0, -0.0, 1.0, -0.0, 2.0])
+    cases["channels_last"] = lambda: torch.randn(8, 3, 5, 5).to(memory_format=torch.channels_last)
+    try:
+        for name, make in cases.items():
+            tensor, row = make(), np.zeros(watch._HEAD + watch.BINS)
+            run._torch.log_tensor_stats(tensor, name)
+            taken = watch.cpu_stats(tensor, row)
+            assert taken == (tensor.numel() > 0 and bool(torch.isfinite(tensor.float()).all()))
+            if not taken:
+                continue
+            ours = package(watch.histograms([name], torch.from_numpy(row)[None]))
+            assert ours[name].histogram == capture.logged[name].histogram, name
+            assert ours[name].bins == capture.logged[name].bins, name
+    finally:
+        run.finish()
+    for seed in range(300):
+        g = torch.Generator().manual_seed(seed)
+        tensor = torch.randn(1 + seed * 61, generator=g) * 10.0 ** (seed % 9 - 4) + seed % 7
+        tensor = torch.round(tensor * 8) / 8 if seed % 4 == 0 else tensor  # ties on the edges
+        dtype = (torch.float32, torch.float64, torch.bfloat16, torch.float16)[seed % 4]
+        tensor = tensor.to(dtype)[::2] if seed % 3 == 0 else tensor.to(dtype)
+        row = np.zeros(watch._HEAD + watch.BINS)
+        if watch.cpu_stats(tensor, row):
+            assert torch.equal(torch.from_numpy(row), watch.tensor_stats(tensor)), seed
+        else:  # float16 overflow: infinities
+            assert watch.tensor_stats(tensor)[2] < tensor.numel(), seed
+
+
 class RowRecorder:
     """What tracking.Tracker does with a watcher, minus W&B: a row's histograms are collected
     when a higher step is logged (W&B's open row)."""

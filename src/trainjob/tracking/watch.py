@@ -14,7 +14,9 @@ the work onto the GPU (wandb/wandb#2946) and advises a larger ``log_freq`` (wand
   every ``log_freq``-th call exactly as ``log_track_update`` does;
 - on a firing, the statistics (finite min, max and count, and 64 ``histc`` bins) are computed
   with tensor operations into one device buffer, with no host sync. A tensor with no finite
-  values leaves the earlier pending value in place, as W&B skips logging it;
+  values leaves the earlier pending value in place, as W&B skips logging it. On the CPU, where
+  reading a value is no sync, a tensor without NaN/inf takes a shorter route (``cpu_stats``:
+  W&B's own min/max reads, histc's arithmetic in numpy) into the same buffer;
 - the training loop says how many steps remain until its next history row (``plan``): a firing
   whose result the next firing of the same hook would overwrite before that row is skipped;
 - ``collect`` copies the whole buffer to the host once per history row that has pending
@@ -30,8 +32,10 @@ This module does not import wandb: run.py does the packaging.
 from __future__ import annotations
 
 import contextlib
+import math
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
@@ -74,6 +78,8 @@ class Watcher:
         # One row per key: [min, max, finite count, bin counts...], float64 so that float32
         # extremes and counts up to 2**53 are exact; count 0 = nothing pending for that key.
         self.buffer = torch.zeros(len(self.keys), _HEAD + BINS, dtype=torch.float64, device=device)
+        # On the CPU the buffer's own memory, written in place by cpu_stats (no torch op).
+        self._host = self.buffer.numpy() if device.type == "cpu" else None
         self.forward_count = 0
         self.grad_counts = [0] * len(self.grad_params)
         self.steps_to_row: int | None = None  # from plan(); None: unknown, compute every firing
@@ -183,6 +189,9 @@ class Watcher:
         """Write ``tensor``'s statistics into buffer row ``row``, on its device, no sync."""
         self.pending = True
         self.computed += 1
+        on_host = self._host is not None and tensor.device.type == "cpu"
+        if on_host and cpu_stats(tensor, self._host[row]):
+            return
         stats = tensor_stats(tensor)
         keep = stats[2] > 0  # no finite values: W&B logs nothing, the earlier value stays
         self.buffer[row].copy_(torch.where(keep, stats, self.buffer[row]))
@@ -230,6 +239,39 @@ def tensor_stats(tensor: torch.Tensor) -> torch.Tensor:
     counts.index_add_(0, index, finite.to(torch.float64))
     head = torch.stack([low.double(), high.double(), count.double()])
     return torch.cat([head, counts])
+
+
+def cpu_stats(tensor: torch.Tensor, out: Any) -> bool:
+    """``tensor_stats`` of a CPU tensor whose values are all finite (the common case), written
+    into ``out`` (a numpy view of one buffer row); False, nothing written, otherwise.
+
+    On the CPU reading a value is no device sync, so this takes W&B's own route: ``min()`` and
+    ``max()`` read on the host (W&B reads them with ``.item()``), then the bins with histc's
+    float arithmetic in numpy. A firing costs a handful of calls per tensor instead of
+    ``tensor_stats``' two dozen torch operations, whose dispatch dominates on tensors this small
+    (2.4 ms -> 0.4 ms for the tutorial ConvNet's 12 tensors, 2-core AMD EPYC)."""
+    import numpy as np  # here, not at the top: a bare GPU machine's torch may come without it
+
+    flat = tensor.detach().reshape(-1)
+    if flat.dtype not in (torch.float32, torch.float64):
+        flat = flat.float()  # as W&B and tensor_stats: other dtypes through float32
+    if flat.numel() == 0:
+        return False
+    low, high = flat.min().item(), flat.max().item()  # NaN propagates: no NaN if both finite
+    if not (math.isfinite(low) and math.isfinite(high)):
+        return False  # NaN or inf present: tensor_stats drops them
+    values = flat.numpy()
+    kind = values.dtype.type  # float32 arithmetic for float32 tensors, as histc's kernel
+    out[0], out[1], out[2] = low, high, values.size
+    out[_HEAD:] = 0
+    if low == high:
+        out[_HEAD] = values.size  # all equal: tensor_stats' one bin (histograms() keeps it)
+        return True
+    lo = kind(low)
+    position = (values - lo) * kind(BINS) / (kind(high) - lo)
+    index = np.minimum(position.astype(np.int64), BINS - 1)  # the top edge in the last bin
+    out[_HEAD:] = np.bincount(index, minlength=BINS)
+    return True
 
 
 def histograms(keys: Sequence[str], host: torch.Tensor) -> list[HostHistogram]:
