@@ -11,6 +11,7 @@ volume (exit codes, offline W&B runs, model files), found by glob, never by inte
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import time
 from collections.abc import Iterator
@@ -32,7 +33,7 @@ from docker_engine import (
 )
 from helpers import ROOT, offline_runs, read_offline_run
 from k8s_docker import docker_pod
-from test_k8s import JOB_UID, main_job, render
+from test_k8s import JOB_UID, claim, main_job, render, report_job
 
 from trainjob.errors import ExitCode
 from trainjob.sweep.local import sweep_group
@@ -308,18 +309,28 @@ SWEEP = {
 }
 
 
-def test_offline_sweep_runs_two_trials_in_the_image(
+def test_offline_sweep_runs_two_trials_in_the_image_and_the_report_job_shows_them(
     image: str, mnist: tuple[Path, list[str]], tmp_path: Path
 ) -> None:
     sweep_file = tmp_path / "sweep.yaml"
     sweep_file.write_text(yaml.safe_dump(SWEEP))
     sweep_file.chmod(0o644)
+    docs = render(image_overlay(tmp_path / "mine", "offline-sweep", image))
+    reporter = report_job(docs)
     with volume(image) as v:
         v.seed(mnist[0], (sweep_file, "/workspace/sweep.yaml"))
         result = run(run_argv(image, v, ["sweep", "run", "sweep.yaml", *mnist[1]], FAST_EXPORT))
         assert result.returncode == 0, result.stderr[-3000:]
         assert_clean(result)
         files = v.files(tmp_path / "volume")
+        # The offline-sweep overlay's report Job, as rendered, over the same volume: read-only
+        # root, no network, the image's user; its log (stdout) is the page and nothing else.
+        pod = docker_pod(docs, reporter, claims={claim(reporter): v.name})
+        page = run(pod.argv(unique("report")), timeout=180)
+    assert page.returncode == 0, page.stderr[-3000:]
+    assert "Traceback" not in page.stderr, page.stderr[-3000:]
+    assert page.stdout.startswith("<!DOCTYPE html>") and page.stdout.endswith("</html>\n")
+    assert f"Sweep: {SWEEP['name']}" in page.stdout
     runs = [read_offline_run(p) for p in offline_runs(files)]
     assert len(runs) == 2, [r.path.name for r in runs]
     group = sweep_group("image-test", sweep_file.read_bytes())  # the name + its file's hash
@@ -328,3 +339,6 @@ def test_offline_sweep_runs_two_trials_in_the_image(
         assert run_.exit_code == 0 and run_.run_info.get("run_group") == group
     assert len(models(files)) == 2
     assert "trainjob sync /workspace/wandb/offline-run-" in result.stdout  # uploads them later
+    # One leaderboard row per trial (its first cell the rank), each with its run id.
+    rows = re.findall(r'<tr data-run="([^"]+)"><td class="num" data-v="\d+">', page.stdout)
+    assert sorted(rows) == sorted(r.run_info["run_id"] for r in runs)

@@ -138,3 +138,47 @@ def test_rejected_key_and_missing_path_exit_2(runs: Path, tmp_path: Path) -> Non
     assert "rejected WANDB_API_KEY (HTTP 401)" in line and CANARY not in line
     missing = run_cli(["sync", str(tmp_path / "nowhere")], sync_env(tmp_path, server.url), tmp_path)
     assert missing.returncode == 2 and "does not exist" in missing.stderr
+
+
+def same_second_copy(runs: Path, tmp: Path) -> tuple[Path, Path, Path]:
+    """A copy whose resumed run's second process started in the first one's second: wandb then
+    names its folder as the first's with ``-1`` added (the name exists), so the folder's tail is
+    not the run id; the run file inside (``run-resumed.wandb``) says whose it is."""
+    wandb_dir = copy_of(runs, tmp)
+    first, second = sorted((wandb_dir / "wandb").glob("offline-run-*-resumed"))
+    suffixed = second.rename(first.with_name(f"{first.name}-1"))
+    return wandb_dir, first, suffixed
+
+
+def test_a_folder_wandb_suffixed_with_1_is_uploaded_as_the_runs_next_part(
+    runs: Path, tmp_path: Path
+) -> None:
+    wandb_dir, first, suffixed = same_second_copy(runs, tmp_path)
+    steps = [h["_step"] for f in (first, suffixed) for h in read_offline_run(f).history]
+    with fake_wandb("ok", tmp_path) as server:
+        # The suffixed folder alone selects its whole run, as any run folder does.
+        result = run_cli(["sync", str(suffixed)], sync_env(tmp_path, server.url), tmp_path)
+        assert result.returncode == 0, result.stderr
+        streams = [r for r in server.requests() if "history" in r and r["run"] == "resumed"]
+    got = [s for r in streams if "history" in r for s in r["history"]]
+    assert got == sorted(set(got)) == steps  # each row of both parts once, in order
+    assert [r["exitcode"] for r in streams if "exitcode" in r] == [143, 0]
+    assert "uploaded resumed: 2 folder(s) (1 resumed)" in result.stdout
+    assert list(first.glob("*.wandb.synced")) and list(suffixed.glob("*.wandb.synced"))
+    assert not list((wandb_dir / "wandb").glob("*-single/*.synced"))  # not selected
+
+
+def test_a_resumed_job_counts_the_rows_of_a_suffixed_folder(runs: Path, tmp_path: Path) -> None:
+    """The history floor of a third process: the highest step in both earlier folders, the
+    suffixed one included (missing it would log its rows a second time)."""
+    from trainjob.tracking.history import earlier_transaction_logs, last_history_step
+
+    wandb_dir, first, suffixed = same_second_copy(runs, tmp_path)
+    third = wandb_dir / "wandb" / "offline-run-29991231_235959-resumed"
+    third.mkdir()
+    logs = earlier_transaction_logs(third, "resumed")
+    assert logs == [first / "run-resumed.wandb", suffixed / "run-resumed.wandb"]
+    assert last_history_step(logs[1]) == max(h["_step"] for h in read_offline_run(suffixed).history)
+    (single,) = (wandb_dir / "wandb").glob("offline-run-*-single")
+    assert earlier_transaction_logs(third, "single") == [single / "run-single.wandb"]
+    assert earlier_transaction_logs(third, "resume") == []  # a prefix of an id is not the id

@@ -12,7 +12,6 @@ import json
 import math
 import multiprocessing
 import os
-import re
 from collections.abc import Iterable, Iterator
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass, field
@@ -23,12 +22,15 @@ import yaml
 
 from .. import metrics, records
 from ..errors import ExitCode
-from ..tracking.runfile import RunFile, read_run_file
+from ..tracking.runfile import (
+    RUN_FOLDER,
+    RunFile,
+    RunFolder,
+    folders_of_run,
+    read_run_file,
+    run_folder,
+)
 
-# `wandb/offline-run-<YYYYMMDD_HHMMSS>-<id>` (and `run-...` for an online run's local copy);
-# wandb adds `-1`, `-2`... when a folder of that name exists (a second process of the run within
-# the same second), so the run id is read from the run file's name inside, not the folder's.
-RUN_FOLDER = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-(.+)$")
 PARALLEL_FROM = 16  # run files from which reading them is worth a pool of processes
 # Folders a walk never needs to enter: W&B's caches and per-run scratch, checkpoints.
 SKIP = {"files", "tmp", "logs", ".cache", "artifacts", "media", "node_modules", ".git"}
@@ -279,19 +281,20 @@ class _Scan:
     """What a walk over the paths found, before any run file is read."""
 
     # run id -> {folder name: folder}: one process each, though two copies of it be found
-    folders: dict[str, dict[str, Path]] = field(default_factory=dict)
+    folders: dict[str, dict[str, RunFolder]] = field(default_factory=dict)
     trials: list[Trial] = field(default_factory=list)
     sweeps: dict[Path, dict[str, Any]] = field(default_factory=dict)  # sweep folder -> file
 
-    def add_folder(self, run_id: str, folder: Path) -> None:
-        self.folders.setdefault(run_id, {}).setdefault(folder.name, folder)
+    def add_folder(self, folder: RunFolder) -> None:
+        self.folders.setdefault(folder.run_id, {}).setdefault(folder.path.name, folder)
 
 
 def _scan(paths: Iterable[Path]) -> _Scan:
     scan = _Scan()
     for folder in _walk(paths):
-        if RUN_FOLDER.match(folder.name):
-            scan.add_folder(_run_id(folder), folder)
+        found = run_folder(folder)
+        if found is not None:
+            scan.add_folder(found)
             continue
         trial = _trial(folder)
         if trial is not None:
@@ -303,19 +306,6 @@ def _scan(paths: Iterable[Path]) -> _Scan:
     for trial in scan.trials:
         _add_named_folders(trial, scan)
     return scan
-
-
-def _run_id(folder: Path) -> str:
-    """The id of the run a run folder belongs to: its run file's (``run-<id>.wandb``), else the
-    folder name's tail (a process that died before writing the file)."""
-    found = sorted(folder.glob("run-*.wandb"))
-    if found:
-        return found[0].name[len("run-") : -len(".wandb")]
-    return RUN_FOLDER.match(folder.name)[2]  # type: ignore[index]
-
-
-def _run_file(folder: Path) -> Path:
-    return folder / f"run-{_run_id(folder)}.wandb"
 
 
 def read_all(files: list[Path], workers: int | None = None) -> list[RunFile]:
@@ -335,19 +325,20 @@ def gather(paths: Iterable[Path], workers: int | None = None) -> Found:
     processes reading run files (default: one, or every core for many files)."""
     scan = _scan(paths)
     runs: dict[str, Run] = {}
+    # Each run's processes, oldest first.
     ordered = [
-        (run_id, found[name])
-        for run_id, found in scan.folders.items()
-        for name in sorted(found, key=lambda n: (RUN_FOLDER.match(n)[1], len(n)))  # type: ignore[index]
-    ]  # each run's processes oldest first: the folder's timestamp, then wandb's -1, -2 suffix
-    present = [(run_id, folder) for run_id, folder in ordered if _run_file(folder).exists()]
-    parts = read_all([_run_file(folder) for _, folder in present], workers)
-    for run_id, folder in ordered:
-        runs.setdefault(run_id, Run(run_id))
-        if not _run_file(folder).exists():
-            runs[run_id].notes.append(f"{folder.name}: no run file (died before writing one)")
-    for (run_id, folder), part in zip(present, parts, strict=True):
-        _add_part(runs[run_id], folder, part)
+        f for found in scan.folders.values() for f in sorted(found.values(), key=lambda f: f.order)
+    ]
+    present = [folder for folder in ordered if folder.log.exists()]
+    parts = read_all([folder.log for folder in present], workers)
+    for folder in ordered:
+        runs.setdefault(folder.run_id, Run(folder.run_id))
+        if not folder.log.exists():
+            runs[folder.run_id].notes.append(
+                f"{folder.path.name}: no run file (died before writing one)"
+            )
+    for folder, part in zip(present, parts, strict=True):
+        _add_part(runs[folder.run_id], folder.path, part)
     for trial in scan.trials:
         _add_trial(runs.setdefault(trial.record.run_id, Run(trial.record.run_id)), trial, scan)
     readable = [r for r in runs.values() if r.readable]
@@ -417,10 +408,9 @@ def _add_named_folders(trial: Trial, scan: _Scan) -> None:
     named = Path(trial.record.run_dir)
     if not named.parent.is_dir():
         return
-    for sibling in named.parent.glob(f"*-{trial.record.run_id}*"):
-        ours = RUN_FOLDER.match(sibling.name) and sibling.is_dir()
-        if ours and _run_id(sibling) == trial.record.run_id:
-            scan.add_folder(trial.record.run_id, sibling)
+    for folder in folders_of_run(named.parent, trial.record.run_id):
+        if folder.path.is_dir():
+            scan.add_folder(folder)
 
 
 def _grouped(runs: list[Run], sweeps: dict[Path, dict[str, Any]]) -> list[Group]:

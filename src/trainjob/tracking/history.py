@@ -9,9 +9,10 @@ training, the job finds the highest step the run's history already holds (its *f
 - online: ``Tracker.starting_step - 1`` (wandb's ``run.starting_step``), the server's view of
   the resumed run (the server rejects lower steps anyway);
 - offline: the history rows in this run's earlier ``.wandb`` transaction logs beside the current
-  one (``wandb/offline-run-*-<id>``, one folder per process: wandb 0.31 never appends to an
-  existing one). This also covers SIGKILL: whatever the killed process got into its file is
-  exactly what ``trainjob sync`` (``wandb sync``) will upload, and nothing else.
+  one (``wandb/offline-run-*-<id>``, ``-1`` added by wandb on a clash; one folder per process:
+  wandb 0.31 never appends to an existing one). This also covers SIGKILL: whatever the killed
+  process got into its file is exactly what ``trainjob sync`` (``wandb sync``) will upload, and
+  nothing else.
 
 "The last step logged before the checkpoint" is deliberately *not* used: after SIGKILL the rows
 after it may already be in the file (duplicates), and rows logged before it may never have reached
@@ -35,7 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from ..log import logger
-from .runfile import payloads, records
+from .runfile import folders_of_run, payloads, records
 
 # Rows kept in each checkpoint. A 32 KiB block of the transaction log holds about a hundred rows
 # (each row also writes a summary record), an upload interval a few hundred: 1000 is a margin.
@@ -93,12 +94,12 @@ def history_floor(tracker: Any) -> int:
 
 def earlier_transaction_logs(run_dir: Path, run_id: str) -> list[Path]:
     """``run-<id>.wandb`` files of the same run id beside ``run_dir`` (earlier processes)."""
-    found = []
-    for sibling in sorted(run_dir.parent.glob(f"*-{run_id}")):
-        log = sibling / f"run-{run_id}.wandb"
-        if sibling.resolve() != run_dir.resolve() and log.is_file():
-            found.append(log)
-    return found
+    here = run_dir.resolve()
+    return [
+        folder.log
+        for folder in folders_of_run(run_dir.parent, run_id)
+        if folder.path.resolve() != here and folder.log.is_file()
+    ]
 
 
 def last_history_step(path: Path) -> int | None:

@@ -5,6 +5,8 @@ The file is LevelDB's log format behind a 7-byte W&B header (see wandb's
 type (full, or the first / middle / last piece of a record); each record is a
 ``wandb_internal_pb2.Record``. ``payloads`` is the framing, used by every reader here
 (history.py's step scan, sync.py's "anything in it?", ``read_run_file`` for ``trainjob report``).
+``run_folder`` names a run folder's run id and its place among the run's processes, for the same
+three.
 
 A file is read as far as it is whole and what stops the reading is said (``Damage``) rather
 than raised: a run still being written, or whose process was SIGKILLed, ends inside a record
@@ -16,7 +18,9 @@ reading goes on after them.
 
 from __future__ import annotations
 
+import glob
 import json
+import re
 import struct
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -30,6 +34,51 @@ _CHUNK_HEADER = 7  # crc32c (uint32), length (uint16), type (uint8)
 _FULL, _FIRST, _MIDDLE, _LAST = 1, 2, 3, 4
 # run.watch's histograms: the bulk of a run file, and nothing a report plots.
 HISTOGRAM_PREFIXES = ("gradients/", "parameters/")
+# `wandb/offline-run-<YYYYMMDD_HHMMSS>-<id>` (`run-...` for an online run's local copy), one per
+# process. The timestamp has a fixed shape, so an id with dashes is read whole; but wandb adds
+# `-1`, `-2`... to a folder name that exists (a second process of the run within the same
+# second), so the id is the run file's (`run-<id>.wandb` inside), the name's tail only without one.
+RUN_FOLDER = re.compile(r"^(?:offline-)?run-(\d{8}_\d{6})-(.+)$")
+
+
+@dataclass(frozen=True)
+class RunFolder:
+    """One process's folder of a run."""
+
+    path: Path
+    started: str  # YYYYMMDD_HHMMSS: the second its process started
+    run_id: str
+
+    @property
+    def offline(self) -> bool:
+        return self.path.name.startswith("offline-")
+
+    @property
+    def log(self) -> Path:
+        """Its run file (which a process killed early may not have written)."""
+        return self.path / f"run-{self.run_id}.wandb"
+
+    @property
+    def order(self) -> tuple[str, int, str]:
+        """Sorts a run's processes oldest first: the second, then wandb's -1, -2... suffix."""
+        return (self.started, len(self.path.name), self.path.name)
+
+
+def run_folder(path: Path) -> RunFolder | None:
+    """``path`` as a run folder, or None when its name is not one."""
+    match = RUN_FOLDER.match(path.name)
+    if match is None:
+        return None
+    found = sorted(path.glob("run-*.wandb"))
+    run_id = found[0].name[len("run-") : -len(".wandb")] if found else match[2]
+    return RunFolder(path, match[1], run_id)
+
+
+def folders_of_run(parent: Path, run_id: str) -> list[RunFolder]:
+    """The folders of run ``run_id`` in ``parent`` (a ``wandb/`` folder), oldest first."""
+    named = parent.glob(f"*run-*-{glob.escape(run_id)}*")  # its id, maybe with wandb's suffix
+    found = [f for f in map(run_folder, named) if f is not None and f.run_id == run_id]
+    return sorted(found, key=lambda f: f.order)
 
 
 @dataclass

@@ -47,13 +47,11 @@ from ..log import logger
 from ..settings import env_name
 from .env import base_url, redact
 from .history import has_records
+from .runfile import folders_of_run, run_folder
 from .server import REJECTED, probe
 
 log = logger("sync")
 
-# offline-run-<YYYYMMDD_HHMMSS>-<run id>: the timestamp has a fixed shape, so a run id that itself
-# contains dashes is still read whole.
-FOLDER = re.compile(r"^offline-run-(\d{8}_\d{6})-(.+)$")
 REJECTED_STATUS = re.compile(r"\b(?:error|status) (401|403)\b")  # wandb-core's request errors
 
 
@@ -62,8 +60,8 @@ class Fragment:
     """One offline run folder: one process's part of run ``run_id``."""
 
     folder: Path
-    started: str  # YYYYMMDD_HHMMSS from the folder name: the time order of a run's parts
     run_id: str
+    order: tuple[str, int, str]  # the time order of a run's parts (runfile.RunFolder.order)
 
     @property
     def log(self) -> Path:
@@ -81,11 +79,10 @@ def hint(*paths: Path) -> str:
 
 
 def fragment_of(folder: Path) -> Fragment | None:
-    match = FOLDER.match(folder.name)
-    if not match:
+    found = run_folder(folder.absolute())
+    if found is None or not found.offline or not found.log.is_file():
         return None
-    fragment = Fragment(folder.absolute(), match.group(1), match.group(2))
-    return fragment if fragment.log.is_file() else None
+    return Fragment(found.path, found.run_id, found.order)
 
 
 def find_runs(paths: Iterable[Path]) -> dict[str, list[Fragment]]:
@@ -104,14 +101,14 @@ def find_runs(paths: Iterable[Path]) -> dict[str, list[Fragment]]:
             )
         own = fragment_of(path)
         if own is not None:
-            siblings = path.absolute().parent.glob(f"offline-run-*-{own.run_id}")
-            found.update(f for f in map(fragment_of, siblings) if f and f.run_id == own.run_id)
+            siblings = folders_of_run(path.absolute().parent, own.run_id)
+            found.update(f for f in (fragment_of(s.path) for s in siblings) if f)
             continue
         base = path / "wandb" if (path / "wandb").is_dir() else path
         found.update(f for f in map(fragment_of, base.glob("offline-run-*")) if f)
     runs: dict[str, list[Fragment]] = {}
     found = {f for f in found if f.synced or has_records(f.log)}
-    for fragment in sorted(found, key=lambda f: (f.started, f.folder.name)):
+    for fragment in sorted(found, key=lambda f: f.order):
         runs.setdefault(fragment.run_id, []).append(fragment)
     return runs
 
