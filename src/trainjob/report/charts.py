@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from html import escape
 
 WIDTH, HEIGHT = 720, 300
-PAD_L, PAD_R, PAD_T, PAD_B = 64, 16, 16, 44
+PAD_L, PAD_R, PAD_T, PAD_B = 64, 28, 16, 44  # PAD_R: half of a centred "15,000" tick
 MAX_POINTS = 400  # per line: more than a 720 px plot can show
 # matplotlib's viridis at 0, 1/4, 1/2, 3/4 and 1: readable on white, in order, for the colour
 # blind too; darkened at the top end (pure yellow vanishes on white).
