@@ -220,7 +220,7 @@ def test_offline_hyperband_stops_a_trailing_trial_between_epochs(
     stopped_key = max(records)
     rows = {r[0]: r for r in (line.split() for line in out.splitlines()) if r and r[0] in records}
     assert rows[stopped_key][1:2] == ["6"] and rows[stopped_key][3:5] == ["stopped", "2"]
-    assert "1 stopped early" in out
+    assert f"hb: 3 trial(s), 1 stopped early, highest {METRIC} first" in out
     folder = sweep_env / "outputs" / "sweeps" / "hb"
     epochs = folder / stopped_key / records[stopped_key]["run_id"] / "epochs.json"
     assert json.loads(epochs.read_text())[METRIC][1] < 0.5

@@ -515,11 +515,11 @@ class LocalSweep:
             for r in self.ranked()
         ]
         widths = [max(len(h), *(len(row[i]) for row in rows)) for i, h in enumerate(header)]
-        goal = "max" if self.maximize else "min"
+        first = "highest" if self.maximize else "lowest"
         stopped = sum(r.state == "stopped" for r in self.results)
         early = f", {stopped} stopped early" if stopped else ""
         print()
-        log.info(f"{self.name}: {len(rows)} trial(s){early}, best {goal} {self.metric}")
+        log.info(f"{self.name}: {len(rows)} trial(s){early}, {first} {self.metric} first")
         for row in [header, *rows]:
             print("  " + "  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)))
         log.info(self.cost())
