@@ -328,7 +328,7 @@ def test_offline_sweep_runs_two_trials_in_the_image_and_the_report_job_shows_the
         pod = docker_pod(docs, reporter, claims={claim(reporter): v.name})
         page = run(pod.argv(unique("report")), timeout=180)
     assert page.returncode == 0, page.stderr[-3000:]
-    assert "Traceback" not in page.stderr, page.stderr[-3000:]
+    assert_clean(page)
     assert page.stdout.startswith("<!DOCTYPE html>") and page.stdout.endswith("</html>\n")
     assert f"Sweep: {SWEEP['name']}" in page.stdout
     runs = [read_offline_run(p) for p in offline_runs(files)]

@@ -251,7 +251,7 @@ def test_offline_fragments_are_synced_together(gauntlet, tmp_path: Path) -> None
     with_records = [r.path for r in runs if r.records]
     assert len(with_records) >= 4
     (fragments,) = sync.find_runs([Path(command[2])]).values()
-    assert [f.folder for f in fragments] == with_records
+    assert [f.path for f in fragments] == with_records
     resumes = [resume for resume, _ in sync.rounds({"r": fragments})]
     assert resumes == [False, *[True] * (len(with_records) - 1)]
     local = sorted(row["_step"] for run in runs for row in run.history)

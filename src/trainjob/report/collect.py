@@ -331,9 +331,10 @@ def gather(paths: Iterable[Path], workers: int | None = None) -> Found:
     ]
     present = [folder for folder in ordered if folder.log.exists()]
     parts = read_all([folder.log for folder in present], workers)
+    read = set(present)
     for folder in ordered:
         runs.setdefault(folder.run_id, Run(folder.run_id))
-        if not folder.log.exists():
+        if folder not in read:
             runs[folder.run_id].notes.append(
                 f"{folder.path.name}: no run file (died before writing one)"
             )

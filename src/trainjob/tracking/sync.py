@@ -47,7 +47,7 @@ from ..log import logger
 from ..settings import env_name
 from .env import base_url, redact
 from .history import has_records
-from .runfile import folders_of_run, run_folder
+from .runfile import RunFolder, folders_of_run, run_folder
 from .server import REJECTED, probe
 
 log = logger("sync")
@@ -56,16 +56,8 @@ REJECTED_STATUS = re.compile(r"\b(?:error|status) (401|403)\b")  # wandb-core's 
 
 
 @dataclass(frozen=True)
-class Fragment:
-    """One offline run folder: one process's part of run ``run_id``."""
-
-    folder: Path
-    run_id: str
-    order: tuple[str, int, str]  # the time order of a run's parts (runfile.RunFolder.order)
-
-    @property
-    def log(self) -> Path:
-        return self.folder / f"run-{self.run_id}.wandb"
+class Fragment(RunFolder):
+    """One offline run folder with a run file: one process's part of run ``run_id``."""
 
     @property
     def synced(self) -> bool:
@@ -79,10 +71,13 @@ def hint(*paths: Path) -> str:
 
 
 def fragment_of(folder: Path) -> Fragment | None:
-    found = run_folder(folder.absolute())
+    return _offline(run_folder(folder.absolute()))
+
+
+def _offline(found: RunFolder | None) -> Fragment | None:
     if found is None or not found.offline or not found.log.is_file():
         return None
-    return Fragment(found.path, found.run_id, found.order)
+    return Fragment(found.path, found.started, found.run_id)
 
 
 def find_runs(paths: Iterable[Path]) -> dict[str, list[Fragment]]:
@@ -102,7 +97,7 @@ def find_runs(paths: Iterable[Path]) -> dict[str, list[Fragment]]:
         own = fragment_of(path)
         if own is not None:
             siblings = folders_of_run(path.absolute().parent, own.run_id)
-            found.update(f for f in (fragment_of(s.path) for s in siblings) if f)
+            found.update(f for f in map(_offline, siblings) if f)
             continue
         base = path / "wandb" if (path / "wandb").is_dir() else path
         found.update(f for f in map(fragment_of, base.glob("offline-run-*")) if f)
@@ -158,7 +153,7 @@ def sync(paths: Sequence[Path], stall_s: float) -> int:
                 resumed = f" ({len(parts) - 1} resumed)" if len(parts) > 1 else ""
                 log.info(
                     f"uploaded {fragment.run_id}: {len(parts)} folder(s){resumed}, "
-                    f"{parts[0].folder.parent}/offline-run-*-{fragment.run_id}"
+                    f"{parts[0].path.parent}/offline-run-*-{fragment.run_id}"
                 )
     log.info(f"{uploaded} run(s) uploaded to {url}; {folders} folder(s) under {where}")
     return 0
@@ -177,7 +172,7 @@ def _upload(
     if resume:
         env["WANDB_RESUME"] = "allow"
     proc = subprocess.Popen(
-        [sys.executable, "-m", "wandb", "sync", *(str(f.folder) for f in batch)],
+        [sys.executable, "-m", "wandb", "sync", *(str(f.path) for f in batch)],
         stdin=subprocess.DEVNULL,  # a login prompt must fail, not wait
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
@@ -218,8 +213,7 @@ def _upload(
     if rejected:
         raise ConfigError(REJECTED.format(url=base_url(), status=f"HTTP {rejected}"))
     raise unreachable(
-        f"`wandb sync` exited {proc.returncode} without uploading {left[0].folder.name}: "
-        f"{errors[-1]}"
+        f"`wandb sync` exited {proc.returncode} without uploading {left[0].path.name}: {errors[-1]}"
     )
 
 
